@@ -1,0 +1,1 @@
+"""fashionbert package."""

@@ -1,0 +1,179 @@
+"""The ``fashionbert`` console script: thin typer wrappers over library and job functions.
+
+Every subcommand fails with a one-line reason and a non-zero exit code; the
+traceback is shown only with ``fashionbert --debug ...``.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+app = typer.Typer(
+    name="fashionbert",
+    help="FashionBERT-style cross-modal e-commerce search: data, features, training, indexing, serving.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+_state = {"debug": False}
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@app.callback()
+def _main(
+    debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks on failure.")] = False,
+) -> None:
+    _state["debug"] = debug or os.environ.get("FASHIONBERT_DEBUG") == "1"
+
+
+def one_line_errors(fn: F) -> F:
+    """Turn any exception into ``error: <reason>`` and exit code 1 (unless --debug)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (typer.Exit, typer.Abort, KeyboardInterrupt):
+            raise
+        except Exception as exc:  # noqa: BLE001 - the CLI boundary
+            if _state["debug"]:
+                raise
+            typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
+            raise typer.Exit(1) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+@app.command()
+@one_line_errors
+def synth(
+    out: Annotated[Path, typer.Option(help="Output directory (catalog.parquet, images/, query_log.parquet).")],
+    products: Annotated[int, typer.Option(min=1, help="Number of products.")] = 1000,
+    seed: Annotated[int, typer.Option(help="Random seed; same seed, same catalog.")] = 0,
+    split: Annotated[str, typer.Option(help="train, or test (attribute combinations unseen in train).")] = "train",
+    workers: Annotated[int | None, typer.Option(min=1, help="Worker processes (default: all cores).")] = None,
+    categories: Annotated[list[str] | None, typer.Option("--category", help="Keep only this category (repeatable).")] = None,
+    exclude: Annotated[list[str] | None, typer.Option("--exclude-category", help="Drop this category (repeatable).")] = None,
+) -> None:
+    """Generate the synthetic fashion catalog (the embedded default data).
+
+    Example: fashionbert synth --out data/train --products 2000 --seed 0
+             fashionbert synth --out data/test --products 500 --seed 1 --split test
+    """
+    from fashionbert.synthetic import generate_catalog
+
+    if split not in ("train", "test"):
+        raise ValueError(f"--split must be 'train' or 'test', not {split!r}")
+    result = generate_catalog(
+        out, products, seed=seed, split=split, workers=workers,  # type: ignore[arg-type]
+        categories=categories or None, exclude_categories=exclude or None,
+    )
+    typer.echo(
+        f"synth: {result.n_products} products, {result.n_images} images in {result.seconds:.1f} s "
+        f"-> {result.catalog_path} (query log {result.query_log_path})"
+    )
+
+
+@app.command()
+@one_line_errors
+def validate(
+    catalog: Annotated[Path, typer.Option(help="Catalog Parquet file.")],
+    strict: Annotated[bool, typer.Option(help="Fail on the first bad row instead of skipping bad rows.")] = False,
+    images: Annotated[str, typer.Option(help="Image check: none | exists | decode (full decode, catches truncation).")] = "decode",
+    report: Annotated[Path | None, typer.Option(help="Write every issue as JSON lines here.")] = None,
+) -> None:
+    """Validate a catalog: report every bad row with its 0-based row number and reason.
+
+    Example: fashionbert validate --catalog data/train/catalog.parquet --report issues.jsonl
+    """
+    from indexer.catalog import read_catalog
+
+    if images not in ("none", "exists", "decode"):
+        raise ValueError(f"--images must be none, exists or decode, not {images!r}")
+    cat = read_catalog(catalog, strict=strict, check_images=images)  # type: ignore[arg-type]
+    for issue in cat.issues:
+        typer.echo(str(issue))
+    if report is not None:
+        cat.write_report(report)
+    typer.echo(f"validate: {cat.summary()}")
+
+
+@app.command()
+@one_line_errors
+def features(
+    catalog: Annotated[Path, typer.Option(help="Catalog Parquet file.")],
+    out: Annotated[Path, typer.Option(help="Output directory for the feature shards.")],
+    encoder: Annotated[str, typer.Option(help="efficientnet_lite0 (ImageNet weights, offline) or resnet50.")] = "efficientnet_lite0",
+    mode: Annotated[str, typer.Option(help="grid (one CNN pass, 8x8 map cells) or crop (64 crops, FashionBERT's way).")] = "grid",
+    weights: Annotated[Path | None, typer.Option(help="Local CNN weights file (.pth/.safetensors); resnet50 is random without one.")] = None,
+    batch_size: Annotated[int, typer.Option(min=1)] = 32,
+    shard_size: Annotated[int, typer.Option(min=1, help="Images per shard (the unit of resume).")] = 1024,
+    workers: Annotated[int, typer.Option(min=0, help="DataLoader workers decoding images.")] = 2,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")] = "auto",
+    crop_size: Annotated[int, typer.Option(min=8, help="Crop mode: side each patch is resized to.")] = 224,
+    max_images: Annotated[int | None, typer.Option(min=1, help="Use at most this many images per product.")] = None,
+    strict: Annotated[bool, typer.Option(help="Fail on any bad catalog row.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace features of another catalog/config in --out.")] = False,
+    seed: Annotated[int, typer.Option()] = 0,
+) -> None:
+    """Extract 8x8 patch features for every catalog image into resumable fp16 shards.
+
+    Example: fashionbert features --catalog data/train/catalog.parquet --out data/train/features
+    """
+    from indexer.catalog import read_catalog
+    from indexer.features import FeatureJobConfig, extract_catalog_features
+
+    cat = read_catalog(catalog, strict=strict, check_images="exists", require_image=True)
+    typer.echo(f"catalog: {cat.summary()}")
+    for issue in cat.issues:
+        typer.echo(f"  skipped {issue}")
+    config = FeatureJobConfig(
+        encoder=encoder, mode=mode, weights_path=str(weights) if weights else None, crop_size=crop_size,
+        seed=seed, max_images_per_product=max_images, batch_size=batch_size, shard_size=shard_size,
+        num_workers=workers, device=device,
+    )
+    result = extract_catalog_features(cat, out, config, overwrite=overwrite)
+    _print_features_result(result)
+
+
+def _print_features_result(result: Any) -> None:
+    typer.echo(f"image encoder weights: {result.weights}")
+    for bad in result.bad_images:
+        typer.echo(f"  bad image: row {bad['row']} {bad['product_id']} image {bad['image_index']}: {bad['reason']}")
+    typer.echo(
+        f"features: {result.num_images} images in {result.seconds:.1f} s "
+        f"({result.images_per_second:.1f} img/s), {result.computed_shards} shard(s) written, "
+        f"{result.skipped_shards} reused, {len(result.bad_images)} bad -> {result.out_dir}"
+    )
+
+
+@app.command()
+@one_line_errors
+def demo(
+    workdir: Annotated[Path, typer.Option(help="Where the demo keeps its data (reused by the next run).")] = Path("fashionbert-demo"),
+    train_products: Annotated[int, typer.Option(min=10)] = 2000,
+    test_products: Annotated[int, typer.Option(min=10)] = 500,
+    seed: Annotated[int, typer.Option()] = 0,
+    encoder: Annotated[str, typer.Option()] = "efficientnet_lite0",
+    mode: Annotated[str, typer.Option()] = "grid",
+    workers: Annotated[int | None, typer.Option(min=1)] = None,
+) -> None:
+    """Run the main job on the embedded default: synthetic catalog -> patch features.
+
+    Example: fashionbert demo            (then look in ./fashionbert-demo)
+    """
+    from pipelines.demo import DemoConfig, run_demo
+
+    result = run_demo(DemoConfig(workdir, train_products, test_products, seed, encoder, mode, workers), echo=typer.echo)
+    typer.echo(result.summary())
+
+
+if __name__ == "__main__":
+    app()
