@@ -1,21 +1,25 @@
 """The README's main job on the embedded default data.
 
-Today: synthetic train/test catalogs -> patch features for both. Later issues
-add pretraining, evaluation, indexing and serving behind the same command.
+Today: synthetic train/test catalogs -> a WordPiece tokenizer trained on the
+train catalog's text -> patch features for both splits. Later issues add
+pretraining, evaluation, indexing and serving behind the same command.
 Every stage reuses what an earlier run left, so a second run is quick.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from indexer.catalog import read_catalog
+from fashionbert.text import load_tokenizer, train_tokenizer
+from indexer.catalog import Catalog, read_catalog
 from indexer.features import FeatureJobConfig, FeatureJobResult, extract_catalog_features
 
 SYNTH_PARAMS_FILE = "synth_params.json"
+TOKENIZER_SOURCE_FILE = "trained_on.json"
 
 
 @dataclass(frozen=True)
@@ -35,9 +39,10 @@ class DemoConfig:
 class DemoResult:
     catalogs: dict[str, Path] = field(default_factory=dict)
     features: dict[str, FeatureJobResult] = field(default_factory=dict)
+    tokenizer: Path | None = None
 
     def summary(self) -> str:
-        lines = ["demo: done"]
+        lines = ["demo: done", f"  tokenizer: {self.tokenizer}"]
         for split, path in self.catalogs.items():
             f = self.features[split]
             lines.append(f"  {split}: catalog {path}")
@@ -66,6 +71,32 @@ def ensure_synthetic_catalog(
     return result.catalog_path
 
 
+def catalog_texts(catalog: Catalog) -> list[str]:
+    """Every text a shopper or merchant writes: titles (both languages), descriptions, queries."""
+    texts: list[str] = []
+    for name in ("title", "title_en", "title_zh", "description"):
+        if name in catalog.table.column_names:
+            texts.extend(t for t in catalog.table.column(name).to_pylist() if t)
+    if "queries" in catalog.table.column_names:
+        texts.extend(q for qs in catalog.table.column("queries").to_pylist() for q in (qs or []))
+    return texts
+
+
+def ensure_tokenizer(out_dir: Path, catalog_path: Path, echo: Callable[[str], None], vocab_size: int = 8000) -> Path:
+    """Train a WordPiece tokenizer on the catalog's text unless one trained on this exact file exists."""
+    source = {"catalog_sha256": hashlib.sha256(catalog_path.read_bytes()).hexdigest(), "vocab_size": vocab_size}
+    marker = out_dir / TOKENIZER_SOURCE_FILE
+    if marker.is_file() and json.loads(marker.read_text()) == source:
+        tokenizer = load_tokenizer(out_dir)
+        echo(f"tokenizer: reusing {out_dir} ({len(tokenizer)} tokens)")
+        return out_dir
+    texts = catalog_texts(read_catalog(catalog_path, check_images="none"))
+    tokenizer = train_tokenizer(texts, out_dir, vocab_size=vocab_size)
+    marker.write_text(json.dumps(source))
+    echo(f"tokenizer: trained on {len(texts)} texts, {len(tokenizer)} tokens -> {out_dir}")
+    return out_dir
+
+
 def run_demo(config: DemoConfig = DemoConfig(), echo: Callable[[str], None] = print) -> DemoResult:
     result = DemoResult()
     # Different seeds for the two splits; the split itself keeps attribute combinations disjoint.
@@ -85,4 +116,6 @@ def run_demo(config: DemoConfig = DemoConfig(), echo: Callable[[str], None] = pr
         )
         result.catalogs[split] = catalog_path
         result.features[split] = features
+        if split == "train":
+            result.tokenizer = ensure_tokenizer(config.workdir / "tokenizer", catalog_path, echo)
     return result

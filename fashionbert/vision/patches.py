@@ -47,7 +47,14 @@ def load_image_tensor(image: Image.Image, size: int) -> torch.Tensor:
 class PatchFeatureExtractor(nn.Module):
     """Backbone + patching. Input: uint8 [B,3,S,S] with S = 8 * cell_size; output float [B,64,D]."""
 
-    def __init__(self, backbone: Backbone, mode: PatchMode = "grid", cell_size: int = 32, crop_size: int = 224):
+    def __init__(
+        self,
+        backbone: Backbone,
+        mode: PatchMode = "grid",
+        cell_size: int = 32,
+        crop_size: int = 224,
+        crop_chunk: int = 256,
+    ):
         super().__init__()
         if mode not in ("grid", "crop"):
             raise ValueError(f"unknown patch mode {mode!r}; choose 'grid' or 'crop'")
@@ -55,6 +62,7 @@ class PatchFeatureExtractor(nn.Module):
         self.mode = mode
         self.cell_size = cell_size
         self.crop_size = crop_size
+        self.crop_chunk = crop_chunk  # crops per CNN call: bounds memory (a batch of 64 images is 4096 crops)
         self.feature_dim = backbone.feature_dim
         self.register_buffer("mean", torch.tensor(backbone.mean).view(1, 3, 1, 1) * 255.0, persistent=False)
         self.register_buffer("std", torch.tensor(backbone.std).view(1, 3, 1, 1) * 255.0, persistent=False)
@@ -90,11 +98,12 @@ class PatchFeatureExtractor(nn.Module):
         s = self.cell_size
         cells = x.unfold(2, s, s).unfold(3, s, s)  # [B, 3, 8, 8, s, s]
         cells = cells.permute(0, 2, 3, 1, 4, 5).reshape(b * NUM_PATCHES, c, s, s)
-        if self.crop_size != s:
-            cells = F.interpolate(cells, size=(self.crop_size, self.crop_size), mode="bilinear", align_corners=False)
-        cells = cells.contiguous(memory_format=torch.channels_last)
-        pooled = self.backbone(cells).mean(dim=(2, 3))
-        return pooled.view(b, NUM_PATCHES, -1)
+        pooled = []
+        for chunk in cells.split(self.crop_chunk):
+            if self.crop_size != s:
+                chunk = F.interpolate(chunk, size=(self.crop_size, self.crop_size), mode="bilinear", align_corners=False)
+            pooled.append(self.backbone(chunk.contiguous(memory_format=torch.channels_last)).mean(dim=(2, 3)))
+        return torch.cat(pooled).view(b, NUM_PATCHES, -1)
 
     @torch.inference_mode()
     def forward(self, images: torch.Tensor) -> torch.Tensor:

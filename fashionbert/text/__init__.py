@@ -1,0 +1,20 @@
+"""Text side of FashionBERT: local/trained fast tokenizers and jieba-based whole-word masking."""
+
+from fashionbert.text.tokenizer import (
+    SPECIAL_TOKENS,
+    TokenizerLoadError,
+    load_tokenizer,
+    tokenizer_fingerprint,
+    train_tokenizer,
+)
+from fashionbert.text.wwm import IGNORE_INDEX, WholeWordMasker
+
+__all__ = [
+    "IGNORE_INDEX",
+    "SPECIAL_TOKENS",
+    "TokenizerLoadError",
+    "WholeWordMasker",
+    "load_tokenizer",
+    "tokenizer_fingerprint",
+    "train_tokenizer",
+]
