@@ -1,0 +1,191 @@
+"""generate_catalog: the project's embedded default data set (ARCHITECTURE.md section 7).
+
+Products are generated in parallel (a process pool over chunks of indices);
+each product draws from its own RNG seeded by (seed, split, index, stream), so
+the output is byte-identical whatever the number of workers.  Workers write
+the JPEGs; the main process collects rows in product order and writes the
+Parquet catalog and the click log.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from tqdm import tqdm
+
+from fashionbert.synthetic.attributes import SUB_CATEGORIES, eligible_sub_categories, sample_attributes
+from fashionbert.synthetic.drawing import render_views
+from fashionbert.synthetic.text import description, make_tags, queries, style_tags, title_en, title_zh
+
+SPLIT_CODE = {"train": 0, "test": 1}
+ID_PREFIX = {"train": "tr", "test": "te"}
+JPEG_QUALITY = 90
+_CHUNK = 32
+
+CATALOG_SCHEMA = pa.schema(
+    [
+        ("product_id", pa.string()),
+        ("title", pa.string()),
+        ("title_en", pa.string()),
+        ("title_zh", pa.string()),
+        ("lang", pa.string()),
+        ("description", pa.string()),
+        ("category", pa.string()),
+        ("sub_category", pa.string()),
+        ("images", pa.list_(pa.string())),
+        ("queries", pa.list_(pa.string())),
+        ("tags", pa.list_(pa.string())),
+        ("price", pa.float64()),
+        ("attributes", pa.map_(pa.string(), pa.string())),
+    ]
+)
+QUERY_LOG_SCHEMA = pa.schema([("query", pa.string()), ("product_id", pa.string()), ("clicks", pa.int32())])
+
+
+@dataclass(frozen=True)
+class SynthResult:
+    """Where the catalog went and how long it took."""
+
+    catalog_path: Path
+    query_log_path: Path
+    n_products: int
+    n_images: int
+    seconds: float
+
+
+def product_rngs(seed: int, split: str, index: int) -> tuple[np.random.Generator, ...]:
+    """Independent streams for attributes, text and pixels, so a text change never moves an image."""
+    return tuple(np.random.default_rng([seed, SPLIT_CODE[split], index, s]) for s in range(3))
+
+
+def price_of(sub_category: str, rng: np.random.Generator) -> float:
+    """Base price of the sub-category times lognormal noise, rounded to a .9 / .99 shop price."""
+    p = SUB_CATEGORIES[sub_category].base_price * float(rng.lognormal(0.0, 0.35))
+    if rng.random() < 0.5:
+        return float(max(9.9, round(p / 10.0) * 10.0 - 0.1))
+    return float(round(max(1, int(p)) + 0.99, 2))
+
+
+def make_product(index: int, seed: int, split: str, subs: Sequence[str], out_dir: Path) -> dict[str, Any]:
+    """One product row; its 2-4 views are written to `out_dir/images/`."""
+    r_attr, r_text, r_img = product_rngs(seed, split, index)
+    attrs = sample_attributes(r_attr, split, subs)
+    pid = f"{ID_PREFIX[split]}-{index + 1:06d}"
+    t_en, t_zh = title_en(attrs, r_text), title_zh(attrs, r_text)
+    lang = "zh" if r_text.random() < 0.5 else "en"
+    styles = style_tags(attrs, r_text)
+    row: dict[str, Any] = {
+        "product_id": pid,
+        "title": t_zh if lang == "zh" else t_en,
+        "title_en": t_en,
+        "title_zh": t_zh,
+        "lang": lang,
+        "description": description(attrs, lang, styles, r_text),
+        "category": attrs["category"],
+        "sub_category": attrs["sub_category"],
+        "images": [],
+        "queries": queries(attrs, r_text),
+        "tags": make_tags(attrs, styles),
+        "price": price_of(attrs["sub_category"], r_text),
+        "attributes": sorted(attrs.items()),
+    }
+    for v, img in enumerate(render_views(attrs, r_img, int(r_img.integers(2, 5)))):
+        rel = f"images/{pid}_{v}.jpg"
+        img.save(out_dir / rel, "JPEG", quality=JPEG_QUALITY)
+        row["images"].append(rel)
+    return row
+
+
+def _work(args: tuple[list[int], int, str, tuple[str, ...], str]) -> list[dict[str, Any]]:
+    idx, seed, split, subs, out_dir = args
+    return [make_product(i, seed, split, subs, Path(out_dir)) for i in idx]
+
+
+def query_log(rows: Sequence[dict[str, Any]], seed: int, split: str) -> pa.Table:
+    """Clicks of each product's queries; ~10 % of clicks leak to another product of the same sub-category.
+
+    The leak models real logs (mis-clicks, near-duplicates) so a pretraining
+    stage that trusts clicks blindly sees realistic label noise.
+    """
+    rng = np.random.default_rng([seed, SPLIT_CODE[split], 2**32 - 1])
+    by_sub: dict[str, list[str]] = {}
+    for r in rows:
+        by_sub.setdefault(r["sub_category"], []).append(r["product_id"])
+    q_out: list[str] = []
+    p_out: list[str] = []
+    c_out: list[int] = []
+    for r in rows:
+        peers = by_sub[r["sub_category"]]
+        for q in r["queries"]:
+            if rng.random() < 0.25:
+                continue
+            clicks = int(rng.integers(1, 30))
+            noise = int(rng.binomial(clicks, 0.1)) if len(peers) > 1 else 0
+            if clicks - noise > 0:
+                q_out.append(q), p_out.append(r["product_id"]), c_out.append(clicks - noise)
+            if noise:
+                other = r["product_id"]
+                while other == r["product_id"]:
+                    other = peers[int(rng.integers(len(peers)))]
+                q_out.append(q), p_out.append(other), c_out.append(noise)
+    return pa.table({"query": q_out, "product_id": p_out, "clicks": pa.array(c_out, pa.int32())},
+                    schema=QUERY_LOG_SCHEMA)
+
+
+def generate_catalog(
+    out_dir: str | Path,
+    n_products: int,
+    seed: int = 0,
+    split: Literal["train", "test"] = "train",
+    workers: int | None = None,
+    categories: Sequence[str] | None = None,
+    exclude_categories: Sequence[str] | None = None,
+    progress: bool = True,
+) -> SynthResult:
+    """Write `out_dir/catalog.parquet`, `out_dir/query_log.parquet` and `out_dir/images/*.jpg`.
+
+    Same arguments give byte-identical files whatever `workers` is.  Products of
+    `split` only use (sub_category, colour, pattern) combinations of that split.
+    """
+    t0 = time.perf_counter()
+    if n_products < 0:
+        raise ValueError("n_products must be >= 0")
+    subs = eligible_sub_categories(split, categories, exclude_categories)
+    out = Path(out_dir)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    workers = max(1, workers or os.cpu_count() or 1)
+    size = max(1, min(_CHUNK, -(-n_products // (4 * workers))))  # small runs still spread over workers
+    chunks = [list(range(i, min(i + size, n_products))) for i in range(0, n_products, size)]
+    workers = min(workers, max(1, len(chunks)))
+    jobs = [(c, seed, split, subs, str(out)) for c in chunks]
+    rows: list[dict[str, Any]] = []
+    with tqdm(total=n_products, unit="product", disable=not progress, desc=f"synth {split}") as bar:
+        if workers == 1:
+            results = map(_work, jobs)
+            for part in results:
+                rows.extend(part), bar.update(len(part))
+        else:
+            ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+            with ctx.Pool(workers) as pool:
+                for part in pool.imap(_work, jobs):
+                    rows.extend(part), bar.update(len(part))
+    table = pa.Table.from_pylist(rows, schema=CATALOG_SCHEMA)
+    catalog_path, log_path = out / "catalog.parquet", out / "query_log.parquet"
+    pq.write_table(table, catalog_path)
+    pq.write_table(query_log(rows, seed, split), log_path)
+    return SynthResult(
+        catalog_path=catalog_path,
+        query_log_path=log_path,
+        n_products=len(rows),
+        n_images=sum(len(r["images"]) for r in rows),
+        seconds=time.perf_counter() - t0,
+    )

@@ -1,0 +1,212 @@
+"""Titles, descriptions, queries and tags generated from a product's attributes.
+
+The same attributes drive the picture, so every visual word in the text is
+true of the image.  Variation (synonyms, word order, an omitted attribute,
+marketing words with no visual meaning) mimics real e-commerce text so a
+model has to learn which words matter.  Colour and sub-category are always
+named in titles: they are what a shopper searches for first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from fashionbert.synthetic.attributes import ATTRIBUTE_TERMS, CATEGORIES, SUB_CATEGORIES, attribute_keys
+
+_EN_PREFIX = ("New", "Trendy", "Casual", "Premium", "Classic", "Hot Sale", "2026 Spring", "Fashion", "Chic")
+_EN_SUFFIX = ("Free Shipping", "Best Seller", "Gift Idea", "Everyday Wear", "Limited Edition", "New Arrival")
+_ZH_PREFIX = ("新款", "2026春季", "2026夏季", "韩版", "ins风", "百搭", "显瘦", "爆款", "时尚", "简约", "网红同款")
+_ZH_SUFFIX = ("包邮", "女", "百搭款", "潮", "现货速发", "清仓特价")
+_MATERIAL = {
+    "tops": (("cotton", "纯棉"), ("linen", "亚麻"), ("polyester", "涤纶")),
+    "dresses": (("chiffon", "雪纺"), ("cotton", "纯棉"), ("silk", "真丝")),
+    "bottoms": (("cotton", "纯棉"), ("twill", "斜纹布"), ("linen", "亚麻")),
+    "skirts": (("chiffon", "雪纺"), ("wool blend", "混纺羊毛"), ("polyester", "涤纶")),
+    "shoes": (("leather", "真皮"), ("canvas", "帆布"), ("suede", "麂皮")),
+    "bags": (("canvas", "帆布"), ("leather", "真皮"), ("nylon", "尼龙")),
+}
+_PLURAL = {"sneakers", "boots", "heels", "jeans", "trousers", "shorts"}
+_EN_FEATURE = {  # fixed grammatical phrases for descriptions (titles carry the synonym variety)
+    ("sleeve", "sleeveless"): "a sleeveless cut", ("sleeve", "short"): "short sleeves",
+    ("sleeve", "long"): "long sleeves", ("length", "short"): "a mini length", ("length", "midi"): "a midi length",
+    ("length", "long"): "a maxi length", ("neckline", "crew"): "a crew neck", ("neckline", "v-neck"): "a v-neck",
+    ("neckline", "collar"): "a neat collar", ("neckline", "hood"): "a hood", ("print", "star"): "a star print",
+    ("print", "heart"): "a heart print", ("print", "logo"): "a logo print", ("height", "ankle"): "an ankle-high shaft",
+    ("height", "knee-high"): "a knee-high shaft",
+}
+_STYLE_ZH = {"casual": "休闲", "office": "通勤", "sporty": "运动", "party": "派对", "summer": "夏日",
+             "winter": "冬季", "streetwear": "街头", "vintage": "复古", "elegant": "优雅"}
+
+
+def _pick(rng: np.random.Generator, seq: Sequence[str]) -> str:
+    return seq[int(rng.integers(len(seq)))]
+
+
+def _cap(s: str) -> str:
+    """Title-case word starts without str.title()'s "Women'S" / "T-Shirt" quirks."""
+    return " ".join(w[:1].upper() + w[1:] for w in s.split(" "))
+
+
+def _names(attrs: Mapping[str, str], key: str, lang: str) -> tuple[str, ...]:
+    term = ATTRIBUTE_TERMS[key][attrs[key]]
+    return term.en if lang == "en" else term.zh
+
+
+def nameable_keys(attrs: Mapping[str, str]) -> list[str]:
+    """Attributes worth naming: skips print 'none' and necklines implied by the noun (shirt collar, hood)."""
+    sub = SUB_CATEGORIES[attrs["sub_category"]]
+    keys = []
+    for k in attribute_keys(attrs):
+        if k == "print" and attrs[k] == "none":
+            continue
+        if k == "neckline" and len(sub.options["neckline"]) == 1:
+            continue
+        keys.append(k)
+    return keys
+
+
+def _chosen_keys(attrs: Mapping[str, str], rng: np.random.Generator) -> list[str]:
+    """Keys a title names: colour always; sometimes one other omitted; 'solid' often left implicit."""
+    keys = nameable_keys(attrs)
+    if attrs["pattern"] == "solid" and rng.random() < 0.6:
+        keys.remove("pattern")
+    others = [k for k in keys if k != "colour"]
+    if others and rng.random() < 0.3:
+        keys.remove(_pick(rng, others))
+    return keys
+
+
+def _phrases(attrs: Mapping[str, str], keys: list[str], lang: str, rng: np.random.Generator) -> dict[str, str]:
+    """One synonym per key, avoiding a repeated word (e.g. 'long' length next to 'long sleeve')."""
+    out: dict[str, str] = {}
+    used: set[str] = set()
+    for k in keys:
+        options = [n for n in _names(attrs, k, lang) if not (set(n.lower().split()) & used)] or list(_names(attrs, k, lang))
+        out[k] = _pick(rng, options)
+        used |= set(out[k].lower().split())
+    return out
+
+
+def title_en(attrs: Mapping[str, str], rng: np.random.Generator) -> str:
+    """An English product title; ASCII only."""
+    sub = SUB_CATEGORIES[attrs["sub_category"]]
+    keys = _chosen_keys(attrs, rng)
+    ph = _phrases(attrs, keys, "en", rng)
+    order = [k for k in ("length", "height", "colour", "pattern", "sleeve", "neckline") if k in ph]
+    if rng.random() < 0.4 and len(order) > 2:  # shuffle the non-colour modifiers
+        rest = [k for k in order if k != "colour"]
+        rest = [rest[i] for i in rng.permutation(len(rest))]
+        order = rest[:1] + ["colour"] + rest[1:] if rng.random() < 0.5 else ["colour"] + rest
+    noun = _pick(rng, sub.en)
+    colour_last = rng.random() < 0.2
+    words = [ph[k] for k in order if not (colour_last and k == "colour")] + [noun]
+    if colour_last:
+        words += ["in", ph["colour"]]
+    if "print" in ph:
+        words = words + ["with", ph["print"]] if rng.random() < 0.6 else [ph["print"]] + words
+    prefix = [_pick(rng, _EN_PREFIX) for _ in range(int(rng.integers(0, 3)))]
+    if rng.random() < 0.4 and sub.category not in ("bags",):
+        prefix.append("Women's")
+    title = " ".join(dict.fromkeys(prefix)) + " " + " ".join(words)
+    if rng.random() < 0.35:
+        title += _pick(rng, (" - ", " | ", ", ")) + _pick(rng, _EN_SUFFIX)
+    title = title.strip()
+    return _cap(title) if rng.random() < 0.75 else title[:1].upper() + title[1:]
+
+
+def title_zh(attrs: Mapping[str, str], rng: np.random.Generator) -> str:
+    """A Chinese product title in the dense, keyword-stacked style of Taobao listings."""
+    sub = SUB_CATEGORIES[attrs["sub_category"]]
+    keys = _chosen_keys(attrs, rng)
+    ph = _phrases(attrs, keys, "zh", rng)
+    order = [k for k in ("colour", "pattern", "print", "sleeve", "neckline", "length", "height") if k in ph]
+    if rng.random() < 0.5:
+        order = [order[i] for i in rng.permutation(len(order))]
+    words = list(dict.fromkeys(_pick(rng, _ZH_PREFIX) for _ in range(int(rng.integers(0, 4)))))
+    seasons = [w for w in words if w.startswith("2026")]
+    prefix = "".join(w for w in words if not w.startswith("2026") or w == seasons[0])  # one season at most
+    body = "".join(ph[k] for k in order) + _pick(rng, sub.zh)
+    parts = [prefix, body] if prefix else [body]
+    if rng.random() < 0.45:
+        parts.append(_pick(rng, _ZH_SUFFIX))
+    return (" " if rng.random() < 0.5 else "").join(parts)
+
+
+def style_tags(attrs: Mapping[str, str], rng: np.random.Generator) -> list[str]:
+    """1-2 style tags: derived from the attributes, with some randomness like real merchandisers."""
+    sub = attrs["sub_category"]
+    cands = ["casual"]
+    cands += {"hoodie": ["sporty", "streetwear"], "sneakers": ["sporty", "streetwear"], "backpack": ["sporty"],
+              "shirt": ["office"], "pencil skirt": ["office", "elegant"], "trousers": ["office"],
+              "heels": ["party", "elegant"], "bodycon dress": ["party"], "jeans": ["streetwear"],
+              "boots": ["winter"], "crossbody bag": ["streetwear"], "tote": ["office"]}.get(sub, [])
+    if attrs.get("sleeve") == "sleeveless" or sub == "shorts" or attrs.get("length") == "short":
+        cands.append("summer")
+    if attrs.get("sleeve") == "long" and sub == "hoodie":
+        cands.append("winter")
+    if attrs["pattern"] in ("floral", "dots"):
+        cands.append("vintage")
+    n = 1 + int(rng.random() < 0.5)
+    chosen = [cands[i] for i in rng.permutation(len(cands))[:n]]
+    return sorted(chosen)
+
+
+def make_tags(attrs: Mapping[str, str], styles: Sequence[str]) -> list[str]:
+    """Canonical slugs: sub-category, every visual attribute value, then style tags."""
+    tags = [SUB_CATEGORIES[attrs["sub_category"]].tag]
+    for k in attribute_keys(attrs):
+        slug = ATTRIBUTE_TERMS[k][attrs[k]].tag
+        if slug and slug not in tags:
+            tags.append(slug)
+    return tags + [s for s in styles if s not in tags]
+
+
+def description(attrs: Mapping[str, str], lang: str, styles: Sequence[str], rng: np.random.Generator) -> str:
+    """One or two sentences in `lang` restating attributes plus a material (not visible) word."""
+    sub = SUB_CATEGORIES[attrs["sub_category"]]
+    mat_en, mat_zh = _MATERIAL[sub.category][int(rng.integers(3))]
+    keys = nameable_keys(attrs)
+    ph = _phrases(attrs, keys, lang, rng)
+    style = styles[0] if styles else "casual"
+    if lang == "en":
+        feats = [_EN_FEATURE[(k, attrs[k])] for k in keys if k not in ("colour", "pattern")]
+        listed = ", ".join(feats[:-1]) + " and " + feats[-1] if len(feats) > 1 else "".join(feats)
+        look = " ".join(p for p in (ph["colour"], ph["pattern"] if attrs["pattern"] != "solid" else "") if p)
+        plural = sub.name in _PLURAL
+        s = f"{'These' if plural else 'This'} {look} {sub.en[0]} {'are' if plural else 'is'} made of soft {mat_en}"
+        s += f" and {'feature' if plural else 'features'} {listed}." if feats else "."
+        return s + f" Perfect for {style} days; pair {'them' if plural else 'it'} with your favourite basics."
+    feats_zh = "，".join(ph[k] + "设计" for k in keys if k not in ("colour", "pattern"))
+    look = ph["colour"] + (ph["pattern"] if attrs["pattern"] != "solid" else "")
+    s = f"这款{look}{sub.zh[0]}采用{mat_zh}面料" + (f"，{feats_zh}" if feats_zh else "") + "。"
+    return s + f"{_STYLE_ZH.get(style, '休闲')}风格，舒适百搭。"
+
+
+def queries(attrs: Mapping[str, str], rng: np.random.Generator) -> list[str]:
+    """2-4 short, partial, mixed-language queries a shopper might type for this product."""
+    sub = SUB_CATEGORIES[attrs["sub_category"]]
+    cat = CATEGORIES[sub.category]
+    keys = [k for k in nameable_keys(attrs) if not (k == "pattern" and attrs[k] == "solid")]
+    want = int(rng.integers(2, 5))
+    out: list[str] = []
+    for _ in range(want * 4):
+        if len(out) == want:
+            break
+        lang = "zh" if rng.random() < 0.5 else "en"
+        n = min(len(keys), 1 + int(rng.random() < 0.45))
+        chosen = [keys[i] for i in rng.permutation(len(keys))[:n]]
+        if "colour" not in chosen and rng.random() < 0.55:
+            chosen = ["colour"] + chosen[: max(0, n - 1)]
+        names = sub.en if lang == "en" else sub.zh
+        noun = _pick(rng, cat.en if lang == "en" else cat.zh) if rng.random() < 0.15 else _pick(rng, names)
+        mods = [_pick(rng, _names(attrs, k, lang)) for k in chosen]
+        if lang == "en":
+            words = [m.lower() for m in mods]
+            q = " ".join(words + [noun]) if rng.random() < 0.75 else " ".join([noun] + words)
+        else:
+            q = "".join(mods) + noun if rng.random() < 0.75 else noun + " " + "".join(mods)
+        if q not in out:
+            out.append(q)
+    return out

@@ -1,0 +1,288 @@
+"""Tests of the synthetic catalog generator (fashionbert.synthetic).
+
+The catalog is the ground truth for retrieval metrics, so these tests check
+the properties that make it a fair benchmark: determinism, the exact Arrow
+schema, held-out attribute combinations, and text that names what the picture
+actually shows.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from fashionbert.synthetic import SynthResult, attribute_combo, generate_catalog, split_of_combo
+from fashionbert.synthetic.attributes import (
+    CATEGORIES,
+    COLOUR_RGB,
+    COLOURS,
+    PATTERNS,
+    SUB_CATEGORIES,
+    combos_of,
+    eligible_sub_categories,
+    sample_attributes,
+)
+from fashionbert.synthetic.catalog import CATALOG_SCHEMA, product_rngs
+from fashionbert.synthetic.drawing import render_garment, render_views
+from fashionbert.synthetic.text import queries, title_en, title_zh
+
+EXPECTED_SCHEMA = pa.schema(
+    [
+        ("product_id", pa.string()),
+        ("title", pa.string()),
+        ("title_en", pa.string()),
+        ("title_zh", pa.string()),
+        ("lang", pa.string()),
+        ("description", pa.string()),
+        ("category", pa.string()),
+        ("sub_category", pa.string()),
+        ("images", pa.list_(pa.string())),
+        ("queries", pa.list_(pa.string())),
+        ("tags", pa.list_(pa.string())),
+        ("price", pa.float64()),
+        ("attributes", pa.map_(pa.string(), pa.string())),
+    ]
+)
+CJK = re.compile(r"[\u4e00-\u9fff]")
+PALETTE = np.array(list(COLOUR_RGB.values()), dtype=np.float64)
+PALETTE_NAMES = list(COLOUR_RGB)
+
+
+def nearest_colour(rgb: np.ndarray) -> str:
+    return PALETTE_NAMES[int(np.argmin(((PALETTE - rgb) ** 2).sum(axis=1)))]
+
+
+def sample_attrs(n: int, seed: int, split: str) -> list[dict[str, str]]:
+    subs = eligible_sub_categories(split)
+    return [sample_attributes(product_rngs(seed, split, i)[0], split, subs) for i in range(n)]
+
+
+def read_images(root: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted((root / "images").glob("*.jpg"))}
+
+
+@pytest.fixture(scope="module")
+def catalog(tmp_path_factory: pytest.TempPathFactory) -> tuple[SynthResult, pa.Table]:
+    out = tmp_path_factory.mktemp("cat")
+    res = generate_catalog(out, 60, seed=3, workers=1, progress=False)
+    return res, pq.read_table(res.catalog_path)
+
+
+def test_schema_ids_and_images(catalog: tuple[SynthResult, pa.Table]) -> None:
+    res, table = catalog
+    assert table.schema.remove_metadata().equals(EXPECTED_SCHEMA)
+    assert CATALOG_SCHEMA.equals(EXPECTED_SCHEMA)
+    assert res.n_products == table.num_rows == 60
+    ids = table.column("product_id").to_pylist()
+    assert len(set(ids)) == len(ids) and all(re.fullmatch(r"tr-\d{6}", i) for i in ids)
+    assert ids == sorted(ids)  # rows in product order
+    n_images = 0
+    for row in table.to_pylist():
+        assert 2 <= len(row["images"]) <= 4
+        for rel in row["images"]:
+            assert rel.startswith("images/") and not Path(rel).is_absolute()
+            with Image.open(res.catalog_path.parent / rel) as im:
+                assert im.format == "JPEG" and im.mode == "RGB" and im.size == (256, 256)
+                im.load()
+            n_images += 1
+        attrs = dict(row["attributes"])
+        assert attrs["category"] == row["category"] and attrs["sub_category"] == row["sub_category"]
+        assert SUB_CATEGORIES[row["sub_category"]].category == row["category"]
+        assert row["lang"] in ("zh", "en")
+        assert row["title"] == (row["title_zh"] if row["lang"] == "zh" else row["title_en"])
+        assert attrs["colour"] in row["tags"] and row["price"] > 0
+        assert 2 <= len(row["queries"]) <= 4 and row["description"]
+    assert n_images == res.n_images
+    langs = Counter(table.column("lang").to_pylist())
+    assert langs["zh"] >= 15 and langs["en"] >= 15
+
+
+def test_deterministic_and_independent_of_workers(tmp_path: Path) -> None:
+    a = generate_catalog(tmp_path / "a", 40, seed=5, workers=1, progress=False)
+    b = generate_catalog(tmp_path / "b", 40, seed=5, workers=2, progress=False)
+    assert pq.read_table(a.catalog_path).equals(pq.read_table(b.catalog_path))
+    assert a.catalog_path.read_bytes() == b.catalog_path.read_bytes()
+    assert a.query_log_path.read_bytes() == b.query_log_path.read_bytes()
+    imgs_a, imgs_b = read_images(tmp_path / "a"), read_images(tmp_path / "b")
+    assert imgs_a and imgs_a == imgs_b
+    c = generate_catalog(tmp_path / "c", 40, seed=6, workers=1, progress=False)
+    ta, tc = pq.read_table(a.catalog_path), pq.read_table(c.catalog_path)
+    assert ta.column("title").to_pylist() != tc.column("title").to_pylist()
+    assert ta.column("attributes").to_pylist() != tc.column("attributes").to_pylist()
+    imgs_c = read_images(tmp_path / "c")
+    shared = set(imgs_a) & set(imgs_c)
+    assert sum(imgs_a[k] == imgs_c[k] for k in shared) == 0
+
+
+def test_split_hash_is_fixed_and_balanced() -> None:
+    for sub in SUB_CATEGORIES:
+        n_train, n_test = len(combos_of(sub, "train")[0]), len(combos_of(sub, "test")[0])
+        assert n_test >= 1 and n_train / (n_train + n_test) >= 0.6, sub
+    combo = ("t-shirt", "red", "stripes")
+    assert split_of_combo(combo) == split_of_combo(list(combo)) in ("train", "test")
+    every = [(s, c, p) for s, sub in SUB_CATEGORIES.items() for c in sub.options["colour"] for p in sub.options["pattern"]]
+    frac = sum(split_of_combo(c) == "test" for c in every) / len(every)
+    assert 0.1 < frac < 0.3
+    train = [c for c in every if split_of_combo(c) == "train"]
+    assert {c for _, c, _ in train} == set(COLOURS) and {p for _, _, p in train} == set(PATTERNS)
+    assert {s for s, _, _ in train} == set(SUB_CATEGORIES)
+
+
+def test_train_and_test_never_share_a_combo(tmp_path: Path) -> None:
+    train = sample_attrs(3000, seed=0, split="train")
+    test = sample_attrs(800, seed=1, split="test")
+    tr = {attribute_combo(a) for a in train}
+    te = {attribute_combo(a) for a in test}
+    assert tr and te and not (tr & te)
+    assert all(split_of_combo(c) == "train" for c in tr) and all(split_of_combo(c) == "test" for c in te)
+    for key in ("sub_category", "colour", "pattern"):
+        assert {a[key] for a in test} <= {a[key] for a in train}, key
+    # The same holds for written catalogs.
+    r_tr = generate_catalog(tmp_path / "tr", 30, seed=11, split="train", workers=1, progress=False)
+    r_te = generate_catalog(tmp_path / "te", 30, seed=12, split="test", workers=1, progress=False)
+    t_tr, t_te = pq.read_table(r_tr.catalog_path), pq.read_table(r_te.catalog_path)
+    assert all(i.startswith("te-") for i in t_te.column("product_id").to_pylist())
+    c_tr = {attribute_combo(dict(m)) for m in t_tr.column("attributes").to_pylist()}
+    c_te = {attribute_combo(dict(m)) for m in t_te.column("attributes").to_pylist()}
+    assert not (c_tr & c_te) and all(split_of_combo(c) == "test" for c in c_te)
+
+
+def _mentions(text: str, names: tuple[str, ...]) -> bool:
+    low = text.lower()
+    return any(n.lower() in low for n in names)
+
+
+def test_titles_name_colour_and_sub_category() -> None:
+    other_en = {c: [n for o, t in COLOURS.items() if o != c for n in t.en] for c in COLOURS}
+    t_len = {"en": [], "zh": []}
+    q_len = {"en": [], "zh": []}
+    for i, attrs in enumerate(sample_attrs(400, seed=7, split="train")):
+        rng = product_rngs(7, "train", i)[1]
+        en, zh = title_en(attrs, rng), title_zh(attrs, rng)
+        sub, colour = SUB_CATEGORIES[attrs["sub_category"]], COLOURS[attrs["colour"]]
+        assert en.isascii() and CJK.search(zh), (en, zh)
+        assert _mentions(en, colour.en) and _mentions(zh, colour.zh), (attrs, en, zh)
+        assert _mentions(en, sub.en) and _mentions(zh, sub.zh), (attrs, en, zh)
+        words = set(re.findall(r"[a-z]+", en.lower()))
+        assert not words & set(other_en[attrs["colour"]]), (attrs, en)
+        t_len["en"].append(len(en)), t_len["zh"].append(len(zh))
+        for q in queries(attrs, rng):
+            q_len["zh" if CJK.search(q) else "en"].append(len(q))
+    for lang in ("en", "zh"):
+        assert np.mean(q_len[lang]) < 0.8 * np.mean(t_len[lang]), lang
+
+
+def test_solid_garment_colour_is_the_named_colour() -> None:
+    rng = np.random.default_rng(0)
+    checked = 0
+    for sub in SUB_CATEGORIES.values():
+        for colour in sub.options["colour"]:
+            attrs = {"category": sub.category, "sub_category": sub.name, "colour": colour, "pattern": "solid"}
+            for key, values in sub.options.items():
+                attrs.setdefault(key, values[int(rng.integers(len(values)))])
+            layer = np.asarray(render_garment(attrs, rng))
+            pix = layer[..., :3][layer[..., 3] > 128].astype(np.float64)
+            assert len(pix) > 3000, attrs
+            assert nearest_colour(pix.mean(axis=0)) == colour, (attrs, pix.mean(axis=0))
+            checked += 1
+    assert checked > 150
+
+
+def test_solid_colour_visible_in_saved_photo(catalog: tuple[SynthResult, pa.Table]) -> None:
+    res, table = catalog
+    hits = total = 0
+    for row in table.to_pylist():
+        attrs = dict(row["attributes"])
+        if attrs["pattern"] != "solid" or attrs["colour"] == "white":
+            continue  # a white garment is not separable from a light background by a threshold
+        im = np.asarray(Image.open(res.catalog_path.parent / row["images"][0]).convert("RGB")).astype(np.float64)
+        border = np.concatenate([im[:4].reshape(-1, 3), im[-4:].reshape(-1, 3)])
+        bg = np.median(border, axis=0)
+        fg = im[np.abs(im - bg).max(axis=2) > 45]
+        total += 1
+        hits += nearest_colour(fg.mean(axis=0)) == attrs["colour"]
+    assert total >= 5 and hits / total >= 0.9
+
+
+def test_attribute_values_change_the_picture() -> None:
+    def mask(**kw: str) -> np.ndarray:
+        sub = SUB_CATEGORIES[kw["sub_category"]]
+        attrs = {"category": sub.category, "colour": "red", "pattern": "solid", **kw}
+        return np.asarray(render_garment(attrs, np.random.default_rng(1)))[..., 3] > 128
+
+    def height(m: np.ndarray) -> int:
+        rows = np.where(m.any(axis=1))[0]
+        return int(rows[-1] - rows[0])
+
+    for sub in ("a-line dress", "bodycon dress"):
+        hs = [height(mask(sub_category=sub, sleeve="short", neckline="crew", length=v)) for v in ("short", "midi", "long")]
+        assert hs[0] + 30 < hs[1] and hs[1] + 30 < hs[2], (sub, hs)
+    for sub in ("pleated skirt", "pencil skirt"):
+        hs = [height(mask(sub_category=sub, length=v)) for v in ("short", "midi", "long")]
+        assert hs[0] + 30 < hs[1] and hs[1] + 30 < hs[2], (sub, hs)
+    short = mask(sub_category="t-shirt", sleeve="short", neckline="crew", print="none")
+    long_ = mask(sub_category="t-shirt", sleeve="long", neckline="crew", print="none")
+    assert (long_ & ~short).sum() > 2000
+    ankle, knee = mask(sub_category="boots", height="ankle"), mask(sub_category="boots", height="knee-high")
+    assert knee.sum() > 1.2 * ankle.sum()
+    hoodie = mask(sub_category="hoodie", sleeve="long", neckline="hood", print="none")
+    shirt = mask(sub_category="shirt", sleeve="long", neckline="collar")
+    assert (hoodie ^ shirt).sum() > 1500
+    # Patterns: a detail-free patch of the torso is flat for solid fabric and busy for every pattern.
+    base = {"category": "tops", "sub_category": "shirt", "sleeve": "long", "neckline": "collar"}
+    for colour in ("blue", "white", "black", "yellow"):
+        stds = {}
+        for p in PATTERNS:
+            layer = np.asarray(render_garment({**base, "colour": colour, "pattern": p}, np.random.default_rng(2)))
+            stds[p] = layer[140:200, 92:122, :3].astype(np.float64).std(axis=(0, 1)).mean()
+        assert stds["solid"] < 6 and all(stds[p] > 20 for p in PATTERNS if p != "solid"), (colour, stds)
+
+
+def test_views_vary(catalog: tuple[SynthResult, pa.Table]) -> None:
+    attrs = {"category": "tops", "sub_category": "t-shirt", "colour": "green", "pattern": "dots",
+             "sleeve": "short", "neckline": "v-neck", "print": "star"}
+    views = [np.asarray(v, dtype=np.int16) for v in render_views(attrs, np.random.default_rng(4), 4)]
+    assert len(views) == 4 and all(v.shape == (256, 256, 3) for v in views)
+    for i in range(4):
+        for j in range(i + 1, 4):
+            assert np.abs(views[i] - views[j]).mean() > 3
+
+
+def test_category_filters(tmp_path: Path) -> None:
+    r = generate_catalog(tmp_path / "inc", 30, seed=2, categories=["shoes", "bags"], workers=1, progress=False)
+    cats = set(pq.read_table(r.catalog_path).column("category").to_pylist())
+    assert cats == {"shoes", "bags"}
+    r = generate_catalog(tmp_path / "exc", 60, seed=2, exclude_categories=["shoes"], workers=1, progress=False)
+    cats = set(pq.read_table(r.catalog_path).column("category").to_pylist())
+    assert "shoes" not in cats and len(cats) >= 4
+    with pytest.raises(ValueError):
+        generate_catalog(tmp_path / "bad", 5, categories=["hats"], progress=False)
+    with pytest.raises(ValueError):
+        generate_catalog(tmp_path / "none", 5, exclude_categories=list(CATEGORIES), progress=False)
+
+
+def test_query_log(catalog: tuple[SynthResult, pa.Table]) -> None:
+    res, table = catalog
+    log = pq.read_table(res.query_log_path)
+    assert log.schema.remove_metadata().equals(
+        pa.schema([("query", pa.string()), ("product_id", pa.string()), ("clicks", pa.int32())])
+    )
+    rows = {r["product_id"]: r for r in table.to_pylist()}
+    own = noise = 0
+    for q, pid, clicks in zip(*(log.column(c).to_pylist() for c in ("query", "product_id", "clicks"))):
+        assert pid in rows and clicks > 0
+        if q in rows[pid]["queries"]:
+            own += clicks
+        else:
+            noise += clicks
+            owners = [r for r in rows.values() if q in r["queries"]]
+            assert any(o["sub_category"] == rows[pid]["sub_category"] for o in owners)
+    assert own > 0 and 0.02 < noise / (own + noise) < 0.25
+    assert len(set(log.column("product_id").to_pylist())) > 0.8 * len(rows)
