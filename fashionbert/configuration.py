@@ -1,0 +1,62 @@
+"""FashionBERT's configuration: a BERT config plus the image side and named sizes.
+
+It subclasses :class:`transformers.BertConfig` so that the trunk is a plain
+``BertModel`` and a local BERT checkpoint (bert-base-chinese, MiniLM, ...)
+initialises it; the extra fields describe the patch tokens and the heads.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from transformers import BertConfig
+
+# Segment (token type) ids, ARCHITECTURE.md §2. Q is the row a 2-type BERT checkpoint lacks.
+SEGMENT_T = 0  # title / description
+SEGMENT_I = 1  # image patch
+SEGMENT_Q = 2  # user query
+SEGMENTS = {"T": SEGMENT_T, "I": SEGMENT_I, "Q": SEGMENT_Q}
+
+# Trunk shapes. `tiny` trains on a 2-core CPU in minutes; `small` matches the packaged MiniLM-L6
+# (all-MiniLM-L6-v2, 6x384) so its weights can initialise the trunk; `base` is BERT-base.
+NAMED_CONFIGS: dict[str, dict[str, Any]] = {
+    "tiny": dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, intermediate_size=1024),
+    "small": dict(hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536),
+    "base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072),
+}
+
+
+class FashionBertConfig(BertConfig):
+    """BERT trunk + 8x8 patch tokens + MLM/MPM/TIA/ITC heads."""
+
+    model_type = "fashionbert"
+
+    def __init__(
+        self,
+        patch_feature_dim: int = 1280,
+        num_patches: int = 64,
+        itc_dim: int = 256,
+        max_text_length: int = 48,
+        image_encoder: str = "efficientnet_lite0",
+        patch_mode: str = "grid",
+        **kwargs: Any,
+    ):
+        kwargs.setdefault("type_vocab_size", 3)
+        kwargs.setdefault("max_position_embeddings", 128)
+        super().__init__(**kwargs)
+        if self.type_vocab_size < 3:
+            raise ValueError("FashionBERT needs 3 segment types (T, I, Q); type_vocab_size must be >= 3")
+        self.patch_feature_dim = patch_feature_dim
+        self.num_patches = num_patches
+        self.itc_dim = itc_dim
+        self.max_text_length = max_text_length
+        self.image_encoder = image_encoder
+        self.patch_mode = patch_mode
+
+
+def named_config(name: str, vocab_size: int, patch_feature_dim: int = 1280, **overrides: Any) -> FashionBertConfig:
+    """A named size (``tiny``/``small``/``base``) for a tokenizer's vocabulary and a CNN's feature dim."""
+    if name not in NAMED_CONFIGS:
+        raise ValueError(f"unknown model config {name!r}; choose one of {sorted(NAMED_CONFIGS)}")
+    fields = {**NAMED_CONFIGS[name], **overrides}
+    return FashionBertConfig(vocab_size=vocab_size, patch_feature_dim=patch_feature_dim, **fields)

@@ -1,0 +1,147 @@
+"""The FashionBERT network: one BERT over ``[CLS] text [SEP] patches`` with four heads.
+
+Built on transformers' ``BertModel`` (no hand-written attention). Text
+tokens use BERT's word, position and segment embeddings; each of the 64
+patch tokens is ``Linear(feature -> hidden)`` plus its own patch-position
+row, with segment I, and both go through BERT's embedding LayerNorm. The
+patches enter as ``inputs_embeds`` with position id 0, so BERT's text
+position table is untouched by images and a text-only BERT checkpoint loads
+unchanged into ``bert.*``.
+
+Heads: MLM (tied to the word embeddings), MPM (bias-free linear back to the
+feature space), TIA (pooler -> 2 logits), ITC (mean-pooled single-side
+encoding -> projection, L2-normalised, learnable temperature).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import BertModel, BertPreTrainedModel
+from transformers.models.bert.modeling_bert import BertOnlyMLMHead
+from transformers.utils import ModelOutput
+
+from fashionbert.configuration import SEGMENT_I, FashionBertConfig
+
+
+@dataclass
+class FashionBertOutput(ModelOutput):
+    """Hidden states of one joint/single-side pass, split back into text and patch parts."""
+
+    last_hidden_state: torch.Tensor | None = None
+    pooler_output: torch.Tensor | None = None
+    attention_mask: torch.Tensor | None = None
+    text_length: int | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None
+
+
+class FashionBertModel(BertPreTrainedModel):
+    """Trunk + heads. The task code (losses) lives in :mod:`fashionbert.pretraining`."""
+
+    config_class = FashionBertConfig
+    base_model_prefix = "bert"
+    _tied_weights_keys = {
+        "cls.predictions.decoder.weight": "bert.embeddings.word_embeddings.weight",
+        "cls.predictions.decoder.bias": "cls.predictions.bias",
+    }
+
+    def __init__(self, config: FashionBertConfig):
+        super().__init__(config)
+        self.bert = BertModel(config, add_pooling_layer=True)
+        self.patch_projection = nn.Linear(config.patch_feature_dim, config.hidden_size)
+        self.patch_position = nn.Embedding(config.num_patches, config.hidden_size)
+        self.cls = BertOnlyMLMHead(config)
+        self.mpm_head = nn.Linear(config.hidden_size, config.patch_feature_dim, bias=False)
+        self.tia_head = nn.Linear(config.hidden_size, 2)
+        self.itc_projection = nn.Linear(config.hidden_size, config.itc_dim)
+        # CLIP's initial temperature 0.07, learnable in log space (clamped when used).
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+        self.post_init()
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.cls.predictions.decoder
+
+    def set_output_embeddings(self, new_embeddings: nn.Module) -> None:
+        self.cls.predictions.decoder = new_embeddings
+        self.cls.predictions.bias = new_embeddings.bias
+
+    # ------------------------------------------------------------------ sequences
+    def embed_patches(self, patch_features: torch.Tensor) -> torch.Tensor:
+        """[B, 64, D] features (zero rows for masked patches) -> [B, 64, H] input embeddings."""
+        x = self.patch_projection(patch_features.to(self.patch_projection.weight.dtype))
+        return x + self.patch_position.weight.unsqueeze(0)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        patch_features: torch.Tensor | None = None,
+        patch_attention_mask: torch.Tensor | None = None,
+        output_attentions: bool = False,
+    ) -> FashionBertOutput:
+        """Encode ``[CLS] text [SEP]`` followed by 64 patch tokens (either part may be absent).
+
+        ``patch_attention_mask`` [B] or [B, 64] lets rows without an image attend to no patch.
+        """
+        parts, types, positions, masks = [], [], [], []
+        device = self.patch_position.weight.device
+        text_length = 0
+        if input_ids is not None:
+            b, text_length = input_ids.shape
+            parts.append(self.bert.embeddings.word_embeddings(input_ids))
+            types.append(token_type_ids if token_type_ids is not None else torch.zeros_like(input_ids))
+            positions.append(torch.arange(text_length, device=device).expand(b, -1))
+            masks.append(attention_mask if attention_mask is not None else torch.ones_like(input_ids))
+        if patch_features is not None:
+            b, n, _ = patch_features.shape
+            parts.append(self.embed_patches(patch_features))
+            types.append(torch.full((b, n), SEGMENT_I, dtype=torch.long, device=device))
+            positions.append(torch.zeros((b, n), dtype=torch.long, device=device))
+            if patch_attention_mask is None:
+                pmask = torch.ones((b, n), dtype=torch.long, device=device)
+            elif patch_attention_mask.dim() == 1:
+                pmask = patch_attention_mask.long().unsqueeze(1).expand(b, n)
+            else:
+                pmask = patch_attention_mask.long()
+            masks.append(pmask)
+        if not parts:
+            raise ValueError("give input_ids, patch_features or both")
+        mask = torch.cat(masks, dim=1)
+        out = self.bert(
+            inputs_embeds=torch.cat(parts, dim=1),
+            token_type_ids=torch.cat(types, dim=1),
+            position_ids=torch.cat(positions, dim=1),
+            attention_mask=mask,
+            output_attentions=output_attentions,
+        )
+        return FashionBertOutput(
+            last_hidden_state=out.last_hidden_state,
+            pooler_output=out.pooler_output,
+            attention_mask=mask,
+            text_length=text_length,
+            attentions=getattr(out, "attentions", None),
+        )
+
+    # ------------------------------------------------------------------ heads
+    def mlm_logits(self, text_hidden: torch.Tensor) -> torch.Tensor:
+        return self.cls(text_hidden)
+
+    def mpm_logits(self, patch_hidden: torch.Tensor) -> torch.Tensor:
+        return self.mpm_head(patch_hidden)
+
+    def tia_logits(self, pooled: torch.Tensor) -> torch.Tensor:
+        return self.tia_head(pooled)
+
+    def itc_embedding(self, output: FashionBertOutput) -> torch.Tensor:
+        """Masked mean of the last layer -> projection -> unit vector (what FAISS indexes)."""
+        mask = output.attention_mask.unsqueeze(-1).to(output.last_hidden_state.dtype)
+        pooled = (output.last_hidden_state * mask).sum(1) / mask.sum(1).clamp_min(1.0)
+        return F.normalize(self.itc_projection(pooled).float(), dim=-1)
+
+    def temperature_scale(self) -> torch.Tensor:
+        return self.logit_scale.clamp(0, math.log(100)).exp()

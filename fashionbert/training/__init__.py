@@ -1,0 +1,1 @@
+"""Training: pretraining loss weighting and (later) the training loop."""
