@@ -39,6 +39,8 @@ class FashionBertConfig(BertConfig):
         max_text_length: int = 48,
         image_encoder: str = "efficientnet_lite0",
         patch_mode: str = "grid",
+        cls_token_id: int = 2,
+        sep_token_id: int = 3,
         **kwargs: Any,
     ):
         kwargs.setdefault("type_vocab_size", 3)
@@ -52,11 +54,21 @@ class FashionBertConfig(BertConfig):
         self.max_text_length = max_text_length
         self.image_encoder = image_encoder
         self.patch_mode = patch_mode
+        # The image-only sequence is "[CLS] [SEP] patches"; the model builds it, so it keeps the ids.
+        self.cls_token_id = cls_token_id
+        self.sep_token_id = sep_token_id
 
 
-def named_config(name: str, vocab_size: int, patch_feature_dim: int = 1280, **overrides: Any) -> FashionBertConfig:
-    """A named size (``tiny``/``small``/``base``) for a tokenizer's vocabulary and a CNN's feature dim."""
+def named_config(name: str, tokenizer: Any, patch_feature_dim: int = 1280, **overrides: Any) -> FashionBertConfig:
+    """A named size (``tiny``/``small``/``base``) for a tokenizer and a CNN's feature dim."""
     if name not in NAMED_CONFIGS:
         raise ValueError(f"unknown model config {name!r}; choose one of {sorted(NAMED_CONFIGS)}")
-    fields = {**NAMED_CONFIGS[name], **overrides}
-    return FashionBertConfig(vocab_size=vocab_size, patch_feature_dim=patch_feature_dim, **fields)
+    fields = {
+        **NAMED_CONFIGS[name],
+        "vocab_size": len(tokenizer),
+        "pad_token_id": tokenizer.pad_token_id,
+        "cls_token_id": tokenizer.cls_token_id,
+        "sep_token_id": tokenizer.sep_token_id,
+        **overrides,
+    }
+    return FashionBertConfig(patch_feature_dim=patch_feature_dim, **fields)

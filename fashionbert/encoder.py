@@ -88,11 +88,14 @@ class FashionBert:
         if not (bert_directory / "config.json").is_file():
             raise CheckpointError(f"{bert_directory} is not a BERT folder (no config.json)")
         bert = BertModel.from_pretrained(bert_directory, local_files_only=True, add_pooling_layer=True)
+        tok = tokenizer if tokenizer is not None else load_tokenizer(bert_directory)
         fields = {k: v for k, v in bert.config.to_dict().items() if k in FashionBertConfig().to_dict()}
-        fields.update(type_vocab_size=3, patch_feature_dim=patch_feature_dim, **config_overrides)
         fields.pop("model_type", None)
-        config = FashionBertConfig(**fields)
-        model = FashionBertModel(config)
+        fields.update(
+            type_vocab_size=3, patch_feature_dim=patch_feature_dim, pad_token_id=tok.pad_token_id,
+            cls_token_id=tok.cls_token_id, sep_token_id=tok.sep_token_id, **config_overrides,
+        )
+        model = FashionBertModel(FashionBertConfig(**fields))
         state = bert.state_dict()
         types = state["embeddings.token_type_embeddings.weight"]
         if types.shape[0] < 3:
@@ -102,7 +105,6 @@ class FashionBert:
         model.tie_weights()
         loaded = sorted(f"bert.{k}" for k in state if k not in result.unexpected_keys)
         fresh = sorted(k for k in model.state_dict() if k not in loaded)
-        tok = tokenizer if tokenizer is not None else load_tokenizer(bert_directory)
         return cls(model, tok), {"loaded": loaded, "initialised": fresh, "ignored": sorted(result.unexpected_keys)}
 
     # ------------------------------------------------------------------ inputs
@@ -120,11 +122,6 @@ class FashionBert:
             "token_type_ids": torch.full_like(ids, SEGMENTS[segment]),
         }
 
-    def _cls_sep(self, n: int) -> dict[str, torch.Tensor]:
-        """The text part of an image-only sequence: ``[CLS] [SEP]`` in segment I."""
-        ids = torch.tensor([[self.tokenizer.cls_token_id, self.tokenizer.sep_token_id]], device=self.device).expand(n, -1)
-        return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": torch.full_like(ids, SEGMENTS["I"])}
-
     # ------------------------------------------------------------------ inference API
     @torch.inference_mode()
     def encode_text(self, texts: Sequence[str], segment: str = "Q", batch_size: int = 128) -> np.ndarray:
@@ -141,7 +138,7 @@ class FashionBert:
         out = []
         for i in range(0, len(patch_features), batch_size):
             feats = _as_tensor(patch_features[i : i + batch_size], self.device)
-            out.append(self.model.itc_embedding(self.model(**self._cls_sep(len(feats)), patch_features=feats)))
+            out.append(self.model.itc_embedding(self.model.encode_image_only(feats)))
         return self._stack(out)
 
     @torch.inference_mode()

@@ -127,6 +127,13 @@ class FashionBertModel(BertPreTrainedModel):
             attentions=getattr(out, "attentions", None),
         )
 
+    def encode_image_only(self, patch_features: torch.Tensor) -> FashionBertOutput:
+        """``[CLS] [SEP] patches`` with segment I: the image side of ITC and image search."""
+        n = patch_features.shape[0]
+        ids = torch.tensor([[self.config.cls_token_id, self.config.sep_token_id]], device=patch_features.device)
+        ids = ids.expand(n, -1)
+        return self(input_ids=ids, token_type_ids=torch.full_like(ids, SEGMENT_I), patch_features=patch_features)
+
     # ------------------------------------------------------------------ heads
     def mlm_logits(self, text_hidden: torch.Tensor) -> torch.Tensor:
         return self.cls(text_hidden)

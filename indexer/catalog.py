@@ -142,6 +142,20 @@ class Catalog:
             for ref in refs[:max_images_per_product]:
                 yield row, ref
 
+    def texts(self) -> list[str]:
+        """Every text a shopper or merchant wrote: titles (``title`` and any ``title_*``), descriptions, queries.
+
+        What a tokenizer trained on the catalog should cover.
+        """
+        names = self.table.column_names
+        out: list[str] = []
+        for name in ("title", *sorted(n for n in names if n.startswith("title_")), "description"):
+            if name in names:
+                out.extend(t for t in self.table.column(name).to_pylist() if isinstance(t, str) and t.strip())
+        if "queries" in names:
+            out.extend(q for qs in self.table.column("queries").to_pylist() for q in (qs or []) if q and q.strip())
+        return out
+
     def summary(self) -> str:
         dropped = len({issue.row for issue in self.issues if issue.dropped})
         skipped = sum(1 for issue in self.issues if not issue.dropped)

@@ -113,7 +113,7 @@ def features(
     encoder: Annotated[str, typer.Option(help="efficientnet_lite0 (ImageNet weights, offline) or resnet50.")] = "efficientnet_lite0",
     mode: Annotated[str, typer.Option(help="grid (one CNN pass, 8x8 map cells) or crop (64 crops, FashionBERT's way).")] = "grid",
     weights: Annotated[Path | None, typer.Option(help="Local CNN weights file (.pth/.safetensors); resnet50 is random without one.")] = None,
-    batch_size: Annotated[int, typer.Option(min=1)] = 32,
+    batch_size: Annotated[int | None, typer.Option(min=1, help="Images per CNN batch (default: 8 on CPU, 64 on GPU).")] = None,
     shard_size: Annotated[int, typer.Option(min=1, help="Images per shard (the unit of resume).")] = 1024,
     workers: Annotated[int, typer.Option(min=0, help="DataLoader workers decoding images.")] = 2,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")] = "auto",
@@ -152,6 +152,71 @@ def _print_features_result(result: Any) -> None:
         f"({result.images_per_second:.1f} img/s), {result.computed_shards} shard(s) written, "
         f"{result.skipped_shards} reused, {len(result.bad_images)} bad -> {result.out_dir}"
     )
+
+
+@app.command()
+@one_line_errors
+def pretrain(
+    catalog: Annotated[Path, typer.Option(help="Training catalog Parquet.")],
+    features: Annotated[Path, typer.Option(help="Its patch-feature directory (fashionbert features).")],
+    out: Annotated[Path, typer.Option(help="Checkpoint directory (also holds the resumable training state).")],
+    config: Annotated[str, typer.Option("--config", help="Model size: tiny | small | base.")] = "tiny",
+    steps: Annotated[int, typer.Option(min=1)] = 2000,
+    max_minutes: Annotated[float | None, typer.Option(help="Stop after this many minutes (whichever comes first).")] = None,
+    batch_size: Annotated[int, typer.Option(min=2)] = 64,
+    grad_accum: Annotated[int, typer.Option(min=1)] = 1,
+    lr: Annotated[float, typer.Option()] = 5e-4,
+    warmup_steps: Annotated[int, typer.Option(min=0)] = 100,
+    loss_weighting: Annotated[str, typer.Option(help="adaptive-grad | adaptive-softmax | fixed")] = "adaptive-grad",
+    tasks: Annotated[str, typer.Option(help="Comma-separated subset of mlm,mpm,tia,itc.")] = "mlm,mpm,tia,itc",
+    tokenizer: Annotated[Path | None, typer.Option(help="Local tokenizer folder (default: train one on the catalog).")] = None,
+    bert_init: Annotated[Path | None, typer.Option(help="Local BERT folder to initialise the trunk.")] = None,
+    seed: Annotated[int, typer.Option()] = 0,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+    save_every: Annotated[int, typer.Option(min=1, help="Steps between resumable training-state saves.")] = 200,
+) -> None:
+    """Pretrain FashionBERT (MLM + MPM + TIA + ITC with adaptive loss weights); resumes after a kill.
+
+    Example: fashionbert pretrain --catalog data/train/catalog.parquet --features data/train/features \
+                 --out runs/tiny --config tiny --max-minutes 20
+    """
+    from pipelines.pretrain import PretrainConfig, pretrain as run_pretrain
+
+    cfg = PretrainConfig(
+        catalog=catalog, features=features, out=out, model_config=config, steps=steps, max_minutes=max_minutes,
+        batch_size=batch_size, grad_accum=grad_accum, lr=lr, warmup_steps=warmup_steps, loss_weighting=loss_weighting,
+        tasks=tuple(t.strip() for t in tasks.split(",") if t.strip()), tokenizer=tokenizer, bert_init=bert_init,
+        seed=seed, device=device, save_every=save_every,
+    )
+    result = run_pretrain(cfg, echo=typer.echo)
+    typer.echo(
+        f"pretrain: {result.steps_done} steps (stopped by {result.stopped_by}) in {result.seconds / 60:.1f} min, "
+        f"{result.samples_per_second:.1f} samples/s, losses "
+        + ", ".join(f"{k}={v:.3f}" for k, v in result.last_losses.items())
+        + f" -> {result.checkpoint}"
+    )
+
+
+@app.command("eval")
+@one_line_errors
+def evaluate(
+    checkpoint: Annotated[Path, typer.Option(help="FashionBERT checkpoint directory.")],
+    catalog: Annotated[Path, typer.Option(help="Held-out catalog Parquet.")],
+    features: Annotated[Path, typer.Option(help="Its patch-feature directory.")],
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write metrics JSON (+ .md table and .png curves).")] = None,
+    queries: Annotated[int, typer.Option(min=1, help="random-100: text and image queries each.")] = 1000,
+    seed: Annotated[int, typer.Option()] = 0,
+) -> None:
+    """Evaluate a checkpoint: random-100 (cross encoder) and full-catalog retrieval (dual encoder).
+
+    Example: fashionbert eval --checkpoint runs/tiny --catalog data/test/catalog.parquet \
+                 --features data/test/features --json runs/tiny/eval.json
+    """
+    from fashionbert.evaluation import markdown_table
+    from pipelines.evaluate import EvalConfig, evaluate as run_eval
+
+    metrics = run_eval(EvalConfig(checkpoint, catalog, features, json_out, n_queries=queries, seed=seed), echo=typer.echo)
+    typer.echo(markdown_table(metrics))
 
 
 @app.command()

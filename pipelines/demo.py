@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fashionbert.text import load_tokenizer, train_tokenizer
-from indexer.catalog import Catalog, read_catalog
+from indexer.catalog import read_catalog
 from indexer.features import FeatureJobConfig, FeatureJobResult, extract_catalog_features
 
 SYNTH_PARAMS_FILE = "synth_params.json"
@@ -71,17 +71,6 @@ def ensure_synthetic_catalog(
     return result.catalog_path
 
 
-def catalog_texts(catalog: Catalog) -> list[str]:
-    """Every text a shopper or merchant writes: titles (both languages), descriptions, queries."""
-    texts: list[str] = []
-    for name in ("title", "title_en", "title_zh", "description"):
-        if name in catalog.table.column_names:
-            texts.extend(t for t in catalog.table.column(name).to_pylist() if t)
-    if "queries" in catalog.table.column_names:
-        texts.extend(q for qs in catalog.table.column("queries").to_pylist() for q in (qs or []))
-    return texts
-
-
 def ensure_tokenizer(out_dir: Path, catalog_path: Path, echo: Callable[[str], None], vocab_size: int = 8000) -> Path:
     """Train a WordPiece tokenizer on the catalog's text unless one trained on this exact file exists."""
     source = {"catalog_sha256": hashlib.sha256(catalog_path.read_bytes()).hexdigest(), "vocab_size": vocab_size}
@@ -90,7 +79,7 @@ def ensure_tokenizer(out_dir: Path, catalog_path: Path, echo: Callable[[str], No
         tokenizer = load_tokenizer(out_dir)
         echo(f"tokenizer: reusing {out_dir} ({len(tokenizer)} tokens)")
         return out_dir
-    texts = catalog_texts(read_catalog(catalog_path, check_images="none"))
+    texts = read_catalog(catalog_path, check_images="none").texts()
     tokenizer = train_tokenizer(texts, out_dir, vocab_size=vocab_size)
     marker.write_text(json.dumps(source))
     echo(f"tokenizer: trained on {len(texts)} texts, {len(tokenizer)} tokens -> {out_dir}")

@@ -299,19 +299,24 @@ def evaluate_random100(
     }
 
     texts: list[str] = []
-    feat_idx: list[np.ndarray] = []
+    feat_idx: list[int] = []
     for d in DIRECTIONS:
         for g in groups[d]:
-            cands = np.asarray(g.candidates, dtype=np.int64)
+            n = len(g.candidates)
             if d == "t2i":
-                texts.extend([items[g.query].text] * len(cands))
-                feat_idx.append(np.array([items[c].features_index for c in g.candidates], dtype=np.int64))
+                texts.extend([items[g.query].text] * n)
+                feat_idx.extend(items[c].features_index for c in g.candidates)
             else:
                 texts.extend(items[c].text for c in g.candidates)
-                feat_idx.append(np.full(len(cands), items[g.query].features_index, dtype=np.int64))
-    scores = _score_all(model, texts, np.concatenate(feat_idx), features, batch_size)
+                feat_idx.extend([items[g.query].features_index] * n)
+    scores = _score_all(model, texts, np.asarray(feat_idx, dtype=np.int64), features, batch_size)
 
-    result: dict[str, Any] = {"protocol": "random100", "n_queries": n_queries, "n_candidates": n_candidates, "seed": seed}
+    result: dict[str, Any] = {
+        "protocol": "random100",
+        "n_queries": n_queries,
+        "n_candidates": n_candidates,
+        "seed": seed,
+    }
     tia_rng = np.random.default_rng([seed, 3])
     tia_correct = tia_pairs = 0
     offset = 0
@@ -416,8 +421,9 @@ def evaluate_full_catalog(
     _check_features(items, features)
     texts = [it.text for it in items]
     fidx = np.array([it.features_index for it in items], dtype=np.int64)
-    text_emb = _embed(lambda lo, hi: model.encode_text(texts[lo:hi], segment="T"), len(items), batch_size, "encode_text")
-    img_emb = _embed(lambda lo, hi: model.encode_images(_gather(features, fidx[lo:hi])), len(items), batch_size, "encode_images")
+    n = len(items)
+    text_emb = _embed(lambda lo, hi: model.encode_text(texts[lo:hi], segment="T"), n, batch_size, "encode_text")
+    img_emb = _embed(lambda lo, hi: model.encode_images(_gather(features, fidx[lo:hi])), n, batch_size, "encode_images")
     if text_emb.shape[1] != img_emb.shape[1]:
         raise ValueError(f"text dim {text_emb.shape[1]} != image dim {img_emb.shape[1]}")
     codes, first = _product_codes(items)

@@ -1,0 +1,61 @@
+"""The evaluation job: a checkpoint on a held-out catalog, both protocols of ARCHITECTURE.md §8."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from fashionbert.encoder import FashionBert
+from fashionbert.evaluation import EvalItem, evaluate_full_catalog, evaluate_random100, flatten_metrics, write_report
+from indexer.catalog import read_catalog
+from indexer.feature_store import FeatureStore
+
+
+@dataclass
+class EvalConfig:
+    checkpoint: Path
+    catalog: Path
+    features: Path
+    json_out: Path | None = None
+    n_queries: int = 1000
+    n_candidates: int = 100
+    seed: int = 0
+    random100: bool = True
+    full: bool = True
+    device: str = "cpu"
+
+
+def eval_items(catalog_path: Path, features_dir: Path) -> tuple[list[EvalItem], np.ndarray]:
+    """One item per product: its title and the features of its first extracted image."""
+    catalog = read_catalog(catalog_path, check_images="none")
+    store = FeatureStore(features_dir)
+    items, feats = [], []
+    for pid, sub, title in zip(*(catalog.table.column(c).to_pylist() for c in ("product_id", "sub_category", "title"))):
+        views = store.image_indices(pid)
+        if not views:
+            continue
+        items.append(EvalItem(pid, sub, title, len(feats)))
+        feats.append(store.get(pid, views[0]))
+    if not items:
+        raise ValueError(f"no product of {catalog_path} has features in {features_dir}")
+    return items, np.stack(feats)
+
+
+def evaluate(cfg: EvalConfig, echo: Callable[[str], None] = print) -> dict[str, float]:
+    start = time.perf_counter()
+    model = FashionBert.from_pretrained(cfg.checkpoint, device=cfg.device)
+    items, feats = eval_items(cfg.catalog, cfg.features)
+    echo(f"eval: {len(items)} held-out products, checkpoint {cfg.checkpoint}")
+    r100 = evaluate_random100(model, items, feats, cfg.n_queries, cfg.n_candidates, cfg.seed) if cfg.random100 else None
+    full = evaluate_full_catalog(model, items, feats) if cfg.full else None
+    metrics = flatten_metrics(r100, full)
+    if cfg.json_out is not None:
+        extra = {"checkpoint": str(cfg.checkpoint), "catalog": str(cfg.catalog), "n_items": len(items),
+                 "seconds": round(time.perf_counter() - start, 1)}
+        paths = write_report({"random100": r100, "full": full}, cfg.json_out, extra=extra)
+        echo("eval: wrote " + ", ".join(str(p) for p in paths))
+    return metrics

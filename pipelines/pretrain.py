@@ -1,0 +1,324 @@
+"""The pretraining job: catalog + patch features -> a FashionBERT release checkpoint.
+
+Budgets: ``steps`` and ``max_minutes``, whichever ends first (the learning
+rate schedule - linear warm-up, linear decay - is laid over ``steps``).
+Resumable: every ``save_every`` steps the training state (weights,
+optimizer, scheduler, RNG, step) is written atomically to
+``OUT/train_state/``; a rerun with the same config continues from there and,
+because batches are a pure function of (seed, step), reproduces the
+uninterrupted run. The release checkpoint (``OUT/config.json``,
+``model.safetensors``, tokenizer files, ``training_config.json``) is written
+at the end, with the loss/weight log (``train_log.csv``) and its plot.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import random
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from fashionbert.configuration import named_config
+from fashionbert.encoder import FashionBert
+from fashionbert.modeling import FashionBertModel
+from fashionbert.pretraining import TASKS, PretrainCollator, PretrainCorpus, PretrainingTask, SubCategoryBatchSampler
+from fashionbert.text import WholeWordMasker, load_tokenizer, train_tokenizer
+from fashionbert.training.loss_weighting import build_loss_weighting, combine
+from indexer.catalog import read_catalog
+from indexer.feature_store import FeatureStore
+
+STATE_DIR = "train_state"
+LOG_FILE = "train_log.csv"
+
+
+@dataclass
+class PretrainConfig:
+    catalog: Path
+    features: Path
+    out: Path
+    model_config: str = "tiny"
+    init_from: Path | None = None  # a FashionBERT checkpoint (continue-pretraining)
+    bert_init: Path | None = None  # a plain BERT folder to initialise the trunk
+    tokenizer: Path | None = None
+    tasks: tuple[str, ...] = TASKS
+    loss_weighting: str = "adaptive-grad"
+    steps: int = 2000
+    max_minutes: float | None = None
+    batch_size: int = 64
+    group_size: int = 4
+    grad_accum: int = 1
+    lr: float = 5e-4
+    weight_decay: float = 0.01
+    warmup_steps: int = 100
+    clip_norm: float = 1.0
+    query_probability: float = 0.3
+    mpm_probability: float = 0.1
+    tia_negative_fraction: float = 0.5
+    seed: int = 0
+    device: str = "auto"
+    save_every: int = 200
+    log_every: int = 10
+    vocab_size: int = 8000
+    user_words: tuple[str, ...] = field(default_factory=tuple)
+    model_overrides: dict = field(default_factory=dict)  # e.g. a smaller trunk in tests
+    stop_at_step: int | None = None  # stop (as if killed) right after this step's state save; tests only
+
+    def fingerprint(self) -> dict:
+        """What must match for a resume to be a true continuation."""
+        d = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
+        for k in ("max_minutes", "device", "save_every", "log_every", "steps", "stop_at_step"):
+            d.pop(k)
+        return d
+
+
+@dataclass
+class PretrainResult:
+    checkpoint: Path
+    steps_done: int
+    resumed_from: int
+    seconds: float
+    samples_per_second: float
+    last_losses: dict[str, float]
+    last_weights: dict[str, float]
+    stopped_by: str
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _tokenizer(cfg: PretrainConfig, catalog_texts: Callable[[], list[str]], echo: Callable[[str], None]):
+    if cfg.tokenizer is not None:
+        return load_tokenizer(cfg.tokenizer)
+    if cfg.init_from is not None:
+        return load_tokenizer(cfg.init_from)
+    if cfg.bert_init is not None:
+        return load_tokenizer(cfg.bert_init)
+    texts = catalog_texts()
+    echo(f"pretrain: no tokenizer given, training a WordPiece vocabulary on {len(texts)} catalog texts")
+    return train_tokenizer(texts, vocab_size=cfg.vocab_size)
+
+
+def build_model(cfg: PretrainConfig, tokenizer, feature_dim: int, echo: Callable[[str], None]) -> FashionBertModel:
+    if cfg.init_from is not None:
+        model = FashionBert.from_pretrained(cfg.init_from).model
+        if model.config.patch_feature_dim != feature_dim:
+            raise ValueError(f"{cfg.init_from} expects {model.config.patch_feature_dim}-d patch features, got {feature_dim}-d")
+        return model
+    if cfg.bert_init is not None:
+        fb, report = FashionBert.from_bert(cfg.bert_init, feature_dim, tokenizer)
+        echo(f"pretrain: trunk from {cfg.bert_init}: {len(report['loaded'])} tensors loaded, "
+             f"{len(report['initialised'])} initialised ({', '.join(sorted({k.split('.')[0] for k in report['initialised']}))})")
+        return fb.model
+    return FashionBertModel(named_config(cfg.model_config, tokenizer, feature_dim, **cfg.model_overrides))
+
+
+def _lr_lambda(cfg: PretrainConfig) -> Callable[[int], float]:
+    def f(step: int) -> float:
+        if step < cfg.warmup_steps:
+            return (step + 1) / max(1, cfg.warmup_steps)
+        return max(0.0, (cfg.steps - step) / max(1, cfg.steps - cfg.warmup_steps))
+
+    return f
+
+
+def _save_state(out: Path, step: int, model, optimizer, scheduler, cfg: PretrainConfig) -> None:
+    tmp = out / f".{STATE_DIR}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    torch.save({
+        "step": step,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+        "fingerprint": cfg.fingerprint(),
+    }, tmp / "state.pt")
+    final = out / STATE_DIR
+    old = out / f".{STATE_DIR}.old"
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        os.replace(final, old)
+    os.replace(tmp, final)  # the swap is two renames; a kill between them leaves .old, used below
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _load_state(out: Path) -> dict | None:
+    for name in (STATE_DIR, f".{STATE_DIR}.old"):
+        path = out / name / "state.pt"
+        if path.is_file():
+            return torch.load(path, map_location="cpu", weights_only=False)
+    return None
+
+
+def _autocast(device: torch.device):
+    if device.type != "cuda":  # bf16/fp16 matmuls on this CPU are ~400x slower: never autocast on CPU
+        return torch.autocast("cpu", enabled=False)
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.autocast("cuda", dtype=dtype)
+
+
+def pretrain(cfg: PretrainConfig, echo: Callable[[str], None] = print, progress: bool = True) -> PretrainResult:
+    start = time.perf_counter()
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    _seed_all(cfg.seed)
+    device = _device(cfg.device)
+
+    catalog = read_catalog(cfg.catalog, check_images="none")
+    store = FeatureStore(cfg.features)
+    corpus = PretrainCorpus.from_catalog(catalog, store)
+    tokenizer = _tokenizer(cfg, catalog.texts, echo)
+    model = build_model(cfg, tokenizer, store.feature_dim, echo).to(device)
+    model.train()
+    task = PretrainingTask(model, cfg.tasks)
+    weighting = build_loss_weighting(cfg.loss_weighting)
+    masker = WholeWordMasker(tokenizer, user_words=cfg.user_words, seed=cfg.seed)
+    collator = PretrainCollator(
+        corpus, masker, max_text_length=model.config.max_text_length, num_patches=model.config.num_patches,
+        mpm_probability=cfg.mpm_probability, tia_negative_fraction=cfg.tia_negative_fraction,
+        query_probability=cfg.query_probability, seed=cfg.seed,
+    )
+    sampler = SubCategoryBatchSampler([r.sub_category for r in corpus.records], cfg.batch_size, cfg.group_size, cfg.seed)
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embeddings" not in n]
+    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embeddings" not in n)]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg))
+
+    step = 0
+    state = _load_state(out)
+    if state is not None:
+        if state["fingerprint"] != cfg.fingerprint():
+            raise ValueError(f"{out} holds a training run with another configuration; choose another --out or delete {out / STATE_DIR}")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"]["torch"])
+        np.random.set_state(state["rng"]["numpy"])
+        random.setstate(state["rng"]["python"])
+        if state["rng"]["cuda"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        step = int(state["step"])
+        echo(f"pretrain: resuming from step {step}")
+    resumed_from = step
+    log_path = out / LOG_FILE
+    log_rows = _read_log(log_path, up_to_step=step)
+
+    deadline = start + cfg.max_minutes * 60 if cfg.max_minutes else math.inf
+    shared = task.shared_parameters()
+    losses_f: dict[str, float] = {}
+    weights_f: dict[str, float] = {}
+    stopped_by = "steps"
+    samples = 0
+    loop_start = time.perf_counter()
+    with tqdm(total=cfg.steps, initial=step, unit="step", desc="pretrain", disable=not progress) as bar:
+        while step < cfg.steps:
+            if time.perf_counter() >= deadline:
+                stopped_by = "max_minutes"
+                break
+            optimizer.zero_grad(set_to_none=True)
+            losses_f, stats = {}, {}
+            for micro in range(cfg.grad_accum):
+                batch = collator(sampler.batch(step * cfg.grad_accum + micro), step * cfg.grad_accum + micro)
+                batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+                with _autocast(device):
+                    losses, stats = task(batch)
+                weights = weighting(losses, shared if cfg.loss_weighting == "adaptive-grad" else None)
+                (combine(losses, weights) / cfg.grad_accum).backward()
+                for k, v in losses.items():
+                    losses_f[k] = losses_f.get(k, 0.0) + float(v.detach()) / cfg.grad_accum
+                weights_f = {k: float(v) for k, v in weights.items()}
+                samples += len(batch["tia_labels"])
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_norm))
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            rate = samples / max(1e-9, time.perf_counter() - loop_start)
+            row = {"step": step, "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm, "samples_per_s": rate,
+                   **{f"loss.{k}": v for k, v in losses_f.items()}, **{f"w.{k}": v for k, v in weights_f.items()},
+                   **{f"stat.{k}": v for k, v in stats.items()}}
+            log_rows.append(row)
+            bar.update(1)
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                bar.set_postfix({**{k: f"{v:.3f}" for k, v in losses_f.items()},
+                                 **{f"w_{k}": f"{v:.2f}" for k, v in weights_f.items()}, "samples/s": f"{rate:.1f}"})
+            if step % cfg.save_every == 0 or step == cfg.stop_at_step:
+                _save_state(out, step, model, optimizer, scheduler, cfg)
+                _write_log(log_path, log_rows)
+            if step == cfg.stop_at_step:
+                return PretrainResult(out, step, resumed_from, time.perf_counter() - start, 0.0, losses_f, weights_f, "stop_at_step")
+    if step > resumed_from:
+        _save_state(out, step, model, optimizer, scheduler, cfg)
+    _write_log(log_path, log_rows)
+    _plot_log(log_rows, out / "train_log.png")
+    model.eval()
+    extra = {"training": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()},
+             "steps_done": step, "stopped_by": stopped_by, "catalog": str(Path(cfg.catalog).resolve()),
+             "features_info": store.info}
+    FashionBert(model.cpu(), tokenizer).save_pretrained(out, extra=extra)
+    seconds = time.perf_counter() - start
+    return PretrainResult(out, step, resumed_from, seconds, samples / max(1e-9, time.perf_counter() - loop_start),
+                          losses_f, weights_f, stopped_by)
+
+
+def _read_log(path: Path, up_to_step: int) -> list[dict]:
+    if not path.is_file() or up_to_step == 0:
+        return []
+    with path.open() as fh:
+        return [{k: float(v) for k, v in row.items() if v != ""} for row in csv.DictReader(fh) if int(float(row["step"])) <= up_to_step]
+
+
+def _write_log(path: Path, rows: list[dict]) -> None:
+    if not rows:
+        return
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    tmp = path.with_suffix(".tmp")
+    with tmp.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, path)
+
+
+def _plot_log(rows: list[dict], path: Path) -> None:
+    if not rows:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [r["step"] for r in rows]
+    fig, (ax_loss, ax_w) = plt.subplots(1, 2, figsize=(11, 4))
+    for key in sorted({k for r in rows for k in r if k.startswith("loss.")}):
+        ax_loss.plot(steps, [r.get(key, np.nan) for r in rows], label=key[5:])
+    for key in sorted({k for r in rows for k in r if k.startswith("w.")}):
+        ax_w.plot(steps, [r.get(key, np.nan) for r in rows], label=key[2:])
+    ax_loss.set(title="losses", xlabel="step", yscale="log")
+    ax_w.set(title="loss weights ω", xlabel="step")
+    ax_loss.legend()
+    ax_w.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

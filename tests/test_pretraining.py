@@ -1,0 +1,159 @@
+"""Pretraining data, tasks and the training job (resume = identical continuation)."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from fashionbert.configuration import SEGMENT_Q, SEGMENT_T, named_config
+from fashionbert.encoder import FashionBert
+from fashionbert.modeling import FashionBertModel
+from fashionbert.pretraining import PretrainCollator, PretrainCorpus, PretrainingTask, SubCategoryBatchSampler
+from fashionbert.synthetic import generate_catalog
+from fashionbert.text import IGNORE_INDEX, WholeWordMasker, train_tokenizer
+from indexer.catalog import read_catalog
+from indexer.feature_store import FeatureStore
+from indexer.features import FeatureJobConfig, extract_catalog_features
+from pipelines.pretrain import PretrainConfig, pretrain
+
+TINY = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128, itc_dim=32)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pretrain")
+    result = generate_catalog(root / "train", 40, seed=5, workers=1, progress=False)
+    catalog = read_catalog(result.catalog_path, require_image=True)
+    extract_catalog_features(catalog, root / "features", FeatureJobConfig(num_workers=0, max_images_per_product=2), progress=False)
+    store = FeatureStore(root / "features")
+    tokenizer = train_tokenizer(catalog.texts(), vocab_size=600)
+    return {"root": root, "catalog_path": result.catalog_path, "catalog": catalog, "store": store, "tokenizer": tokenizer}
+
+
+@pytest.fixture(scope="module")
+def corpus(data):
+    return PretrainCorpus.from_catalog(data["catalog"], data["store"])
+
+
+def make_collator(data, corpus, **kw):
+    return PretrainCollator(corpus, WholeWordMasker(data["tokenizer"], seed=0), num_patches=64, **kw)
+
+
+def test_corpus_collects_titles_queries_and_views(corpus):
+    rec = corpus.records[0]
+    assert len(corpus) == 40 and rec.images == (0, 1)
+    assert len(rec.titles) >= 2  # title plus title_en / title_zh alternatives
+    assert rec.queries and all(q.strip() for q in rec.queries)
+
+
+def test_batches_are_same_sub_category_groups_and_deterministic(corpus):
+    subs = [r.sub_category for r in corpus.records]
+    sampler = SubCategoryBatchSampler(subs, batch_size=8, group_size=4, seed=1)
+    batch = sampler.batch(0)
+    assert len(batch) == 8 and len(set(batch)) == 8
+    assert sampler.batch(3) == SubCategoryBatchSampler(subs, 8, 4, seed=1).batch(3)
+    assert sampler.batch(0) != SubCategoryBatchSampler(subs, 8, 4, seed=2).batch(0)
+    epoch = [i for s in range(sampler.batches_per_epoch) for i in sampler.batch(s)]
+    assert len(set(epoch)) == len(epoch) == sampler.batches_per_epoch * 8  # no product twice in an epoch
+    # groups: consecutive runs of one sub-category make up most of each batch
+    same_neighbour = np.mean([subs[a] == subs[b] for s in range(5) for a, b in zip(sampler.batch(s), sampler.batch(s)[1:])])
+    assert same_neighbour > 0.5
+
+
+def test_collator_builds_negatives_and_masks_only_matched_pairs(data, corpus):
+    collate = make_collator(data, corpus, query_probability=0.5)
+    indices = SubCategoryBatchSampler([r.sub_category for r in corpus.records], 16, 4, seed=0).batch(0)
+    batch = collate(indices, step=0)
+    n = len(indices)
+    tia = batch["tia_labels"]
+    assert 0 < int(tia.sum()) < n
+    for i in np.flatnonzero((tia == 0).numpy()):
+        # a negative's image is another product's (target features differ from the row's own image)
+        assert not torch.equal(batch["mpm_targets"][i], batch["image_features"][i])
+        assert (batch["mlm_labels"][i] == IGNORE_INDEX).all() and not batch["mpm_mask"][i].any()
+    matched = tia == 1
+    assert (batch["mpm_mask"][matched].sum(1) == 6).all()  # 10 % of 64 patches, without replacement
+    assert (batch["patch_features"][batch["mpm_mask"]] == 0).all()
+    assert ((batch["mlm_labels"][matched] != IGNORE_INDEX).sum(1) >= 0).all()
+    masked_rows = (batch["mlm_labels"] != IGNORE_INDEX).any(1)
+    assert masked_rows[~matched].sum() == 0
+    assert set(batch["token_type_ids"][:, 0].tolist()) <= {SEGMENT_T, SEGMENT_Q}
+    again = collate(indices, step=0)
+    assert all(torch.equal(batch[k], again[k]) for k in batch)
+    assert not torch.equal(collate(indices, step=1)["mpm_mask"], batch["mpm_mask"])
+
+
+def test_tia_negatives_come_from_the_same_sub_category(data, corpus):
+    collate = make_collator(data, corpus, tia_negative_fraction=1.0)
+    indices = SubCategoryBatchSampler([r.sub_category for r in corpus.records], 16, 4, seed=0).batch(2)
+    batch = collate(indices, step=2)
+    store = corpus.features
+    for i, idx in enumerate(indices):
+        rec = corpus.records[idx]
+        same = [corpus.records[j] for j in indices if corpus.records[j].sub_category == rec.sub_category and corpus.records[j].product_id != rec.product_id]
+        if not same:
+            continue
+        target = batch["mpm_targets"][i].numpy()
+        owners = [r for r in same for v in r.images if np.array_equal(store.get(r.product_id, v).astype(np.float32), target)]
+        assert owners, "the negative image must belong to a product of the same sub-category"
+
+
+def test_task_returns_named_losses_and_each_can_be_switched_off(data, corpus):
+    torch.manual_seed(0)
+    model = FashionBertModel(named_config("tiny", data["tokenizer"], corpus.features.feature_dim, **TINY))
+    batch = make_collator(data, corpus)(list(range(16)), step=0)
+    losses, stats = PretrainingTask(model)(batch)
+    assert set(losses) == {"mlm", "mpm", "tia", "itc"}
+    assert all(torch.isfinite(v) and v.ndim == 0 for v in losses.values())
+    assert {"tia_acc", "itc_acc"} <= set(stats)
+    sum(losses.values()).backward()
+    assert model.patch_projection.weight.grad is not None and model.logit_scale.grad is not None
+    only, _ = PretrainingTask(model, ["itc", "mpm"])(batch)
+    assert set(only) == {"itc", "mpm"}
+    with pytest.raises(ValueError):
+        PretrainingTask(model, ["nsp"])
+
+
+def _cfg(data, out, **kw) -> PretrainConfig:
+    base = dict(catalog=data["catalog_path"], features=data["root"] / "features", out=out, steps=6, batch_size=8,
+                warmup_steps=2, save_every=100, model_overrides=TINY, vocab_size=600, device="cpu")
+    base.update(kw)
+    return PretrainConfig(**base)
+
+
+def test_pretrain_writes_a_loadable_checkpoint_log_and_plot(data, tmp_path):
+    result = pretrain(_cfg(data, tmp_path / "run"), echo=lambda s: None, progress=False)
+    assert result.steps_done == 6 and result.stopped_by == "steps"
+    ckpt = FashionBert.from_pretrained(tmp_path / "run")
+    assert ckpt.encode_text(["红色连衣裙"]).shape == (1, 32)
+    with (tmp_path / "run" / "train_log.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert [int(float(r["step"])) for r in rows] == [1, 2, 3, 4, 5, 6]
+    weights = [sum(float(r[f"w.{k}"]) for k in ("mlm", "mpm", "tia", "itc")) for r in rows]
+    np.testing.assert_allclose(weights, 1.0, atol=1e-5)  # ω logged per step and on the simplex
+    assert (tmp_path / "run" / "train_log.png").stat().st_size > 0
+    assert (tmp_path / "run" / "training_config.json").is_file()
+
+
+def test_resume_after_interruption_is_an_identical_continuation(data, tmp_path):
+    pretrain(_cfg(data, tmp_path / "straight"), echo=lambda s: None, progress=False)
+    stopped = pretrain(_cfg(data, tmp_path / "resumed", stop_at_step=3), echo=lambda s: None, progress=False)
+    assert stopped.stopped_by == "stop_at_step" and not (tmp_path / "resumed" / "model.safetensors").exists()
+    lines: list[str] = []
+    resumed = pretrain(_cfg(data, tmp_path / "resumed"), echo=lines.append, progress=False)
+    assert resumed.resumed_from == 3 and "pretrain: resuming from step 3" in lines
+    a = load_file(tmp_path / "straight" / "model.safetensors")
+    b = load_file(tmp_path / "resumed" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(ValueError, match="another configuration"):
+        pretrain(_cfg(data, tmp_path / "resumed", lr=1e-3), echo=lambda s: None, progress=False)
+
+
+def test_time_budget_stops_training(data, tmp_path):
+    result = pretrain(_cfg(data, tmp_path / "budget", steps=10_000, max_minutes=0.05), echo=lambda s: None, progress=False)
+    assert result.stopped_by == "max_minutes" and 0 < result.steps_done < 10_000
+    assert (tmp_path / "budget" / "model.safetensors").is_file()
