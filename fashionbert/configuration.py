@@ -72,3 +72,12 @@ def named_config(name: str, tokenizer: Any, patch_feature_dim: int = 1280, **ove
         **overrides,
     }
     return FashionBertConfig(patch_feature_dim=patch_feature_dim, **fields)
+
+
+# Let transformers' Auto* classes (AutoTokenizer reads config.json beside the tokenizer) know the type.
+try:
+    from transformers import AutoConfig
+
+    AutoConfig.register(FashionBertConfig.model_type, FashionBertConfig)
+except ValueError:  # already registered (module reloaded)
+    pass

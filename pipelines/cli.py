@@ -189,6 +189,8 @@ def pretrain(
         seed=seed, device=device, save_every=save_every,
     )
     result = run_pretrain(cfg, echo=typer.echo)
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun only rank 0 reports
+        return
     typer.echo(
         f"pretrain: {result.steps_done} steps (stopped by {result.stopped_by}) in {result.seconds / 60:.1f} min, "
         f"{result.samples_per_second:.1f} samples/s, losses "

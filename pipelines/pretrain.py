@@ -1,5 +1,12 @@
 """The pretraining job: catalog + patch features -> a FashionBERT release checkpoint.
 
+Runs in one process or under ``torchrun`` (gloo on CPU, nccl on GPU): every
+rank takes its slice of each global batch and the gradients are averaged
+with one ``all_reduce`` of a flat buffer before the optimizer step - what
+DistributedDataParallel does, without its autograd hooks, which the
+adaptive-grad weighting's extra ``autograd.grad`` passes would trip. Only
+rank 0 writes state, logs and the checkpoint.
+
 Budgets: ``steps`` and ``max_minutes``, whichever ends first (the learning
 rate schedule - linear warm-up, linear decay - is laid over ``steps``).
 Resumable: every ``save_every`` steps the training state (weights,
@@ -26,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from fashionbert.configuration import named_config
@@ -93,10 +101,40 @@ class PretrainResult:
     stopped_by: str
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+@dataclass(frozen=True)
+class _Dist:
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def _dist_setup(device_name: str) -> tuple[_Dist, torch.device]:
+    """Join the torchrun process group when WORLD_SIZE > 1; pick this rank's device."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    cuda = torch.cuda.is_available() and device_name in ("auto", "cuda")
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if cuda else "gloo")
+    rank = dist.get_rank() if world > 1 else 0
+    if cuda:
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        return _Dist(rank, world), torch.device("cuda", local)
+    return _Dist(rank, world), torch.device("cpu" if device_name == "auto" else device_name)
+
+
+def _all_reduce_gradients(params: list[torch.nn.Parameter], world: int) -> None:
+    """Average gradients over ranks in one collective; a missing grad counts as zero on that rank."""
+    flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params])
+    dist.all_reduce(flat)
+    flat /= world
+    offset = 0
+    for p in params:
+        n = p.numel()
+        p.grad = flat[offset : offset + n].view_as(p).clone()
+        offset += n
 
 
 def _seed_all(seed: int) -> None:
@@ -182,7 +220,9 @@ def pretrain(cfg: PretrainConfig, echo: Callable[[str], None] = print, progress:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     _seed_all(cfg.seed)
-    device = _device(cfg.device)
+    ddp, device = _dist_setup(cfg.device)
+    if not ddp.main:
+        echo = lambda _msg: None  # noqa: E731 - one voice per job
 
     catalog = read_catalog(cfg.catalog, check_images="none")
     store = FeatureStore(cfg.features)
@@ -207,6 +247,8 @@ def pretrain(cfg: PretrainConfig, echo: Callable[[str], None] = print, progress:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg))
 
     step = 0
+    if ddp.world > 1:
+        dist.barrier()  # every rank sees the same saved state
     state = _load_state(out)
     if state is not None:
         if state["fingerprint"] != cfg.fingerprint():
@@ -232,15 +274,22 @@ def pretrain(cfg: PretrainConfig, echo: Callable[[str], None] = print, progress:
     stopped_by = "steps"
     samples = 0
     loop_start = time.perf_counter()
-    with tqdm(total=cfg.steps, initial=step, unit="step", desc="pretrain", disable=not progress) as bar:
+    params = [p for p in model.parameters() if p.requires_grad]
+    with tqdm(total=cfg.steps, initial=step, unit="step", desc="pretrain", disable=not (progress and ddp.main)) as bar:
         while step < cfg.steps:
-            if time.perf_counter() >= deadline:
+            out_of_time = time.perf_counter() >= deadline
+            if ddp.world > 1:  # every rank must stop at the same step
+                flag = torch.tensor([float(out_of_time)], device=device)
+                dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+                out_of_time = bool(flag.item())
+            if out_of_time:
                 stopped_by = "max_minutes"
                 break
             optimizer.zero_grad(set_to_none=True)
             losses_f, stats = {}, {}
             for micro in range(cfg.grad_accum):
-                batch = collator(sampler.batch(step * cfg.grad_accum + micro), step * cfg.grad_accum + micro)
+                global_step = step * cfg.grad_accum + micro
+                batch = collator(sampler.batch(global_step)[ddp.rank :: ddp.world], global_step)
                 batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
                 with _autocast(device):
                     losses, stats = task(batch)
@@ -249,7 +298,9 @@ def pretrain(cfg: PretrainConfig, echo: Callable[[str], None] = print, progress:
                 for k, v in losses.items():
                     losses_f[k] = losses_f.get(k, 0.0) + float(v.detach()) / cfg.grad_accum
                 weights_f = {k: float(v) for k, v in weights.items()}
-                samples += len(batch["tia_labels"])
+                samples += len(batch["tia_labels"]) * ddp.world
+            if ddp.world > 1:
+                _all_reduce_gradients(params, ddp.world)
             grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_norm))
             optimizer.step()
             scheduler.step()
@@ -263,20 +314,29 @@ def pretrain(cfg: PretrainConfig, echo: Callable[[str], None] = print, progress:
             if step % cfg.log_every == 0 or step == cfg.steps:
                 bar.set_postfix({**{k: f"{v:.3f}" for k, v in losses_f.items()},
                                  **{f"w_{k}": f"{v:.2f}" for k, v in weights_f.items()}, "samples/s": f"{rate:.1f}"})
-            if step % cfg.save_every == 0 or step == cfg.stop_at_step:
+            if ddp.main and (step % cfg.save_every == 0 or step == cfg.stop_at_step):
                 _save_state(out, step, model, optimizer, scheduler, cfg)
                 _write_log(log_path, log_rows)
             if step == cfg.stop_at_step:
                 return PretrainResult(out, step, resumed_from, time.perf_counter() - start, 0.0, losses_f, weights_f, "stop_at_step")
-    if step > resumed_from:
-        _save_state(out, step, model, optimizer, scheduler, cfg)
-    _write_log(log_path, log_rows)
-    _plot_log(log_rows, out / "train_log.png")
-    model.eval()
-    extra = {"training": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()},
-             "steps_done": step, "stopped_by": stopped_by, "catalog": str(Path(cfg.catalog).resolve()),
-             "features_info": store.info}
-    FashionBert(model.cpu(), tokenizer).save_pretrained(out, extra=extra)
+    if ddp.world > 1:  # the all-reduce keeps replicas identical; check it rather than trust it
+        checksum = torch.stack([p.detach().double().sum() for p in params]).sum().reshape(1)
+        gathered = [torch.zeros_like(checksum) for _ in range(ddp.world)]
+        dist.all_gather(gathered, checksum)
+        if any(not torch.equal(g, gathered[0]) for g in gathered):
+            raise RuntimeError(f"model replicas diverged across ranks: {[float(g) for g in gathered]}")
+    if ddp.main:
+        if step > resumed_from:
+            _save_state(out, step, model, optimizer, scheduler, cfg)
+        _write_log(log_path, log_rows)
+        _plot_log(log_rows, out / "train_log.png")
+        extra = {"training": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()},
+                 "steps_done": step, "stopped_by": stopped_by, "world_size": ddp.world,
+                 "catalog": str(Path(cfg.catalog).resolve()), "features_info": store.info}
+        FashionBert(model.eval().cpu(), tokenizer).save_pretrained(out, extra=extra)
+    if ddp.world > 1:
+        dist.barrier()
+        dist.destroy_process_group()
     seconds = time.perf_counter() - start
     return PretrainResult(out, step, resumed_from, seconds, samples / max(1e-9, time.perf_counter() - loop_start),
                           losses_f, weights_f, stopped_by)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import subprocess
 import sys
 from pathlib import Path
@@ -24,25 +23,9 @@ from fashionbert.text import (
     tokenizer_fingerprint,
     train_tokenizer,
 )
+from tests.text_corpus import COLOURS, ITEMS, MARKETING, PATTERNS, make_titles
 
-COLOURS = ["红色", "蓝色", "黑色", "白色", "red", "blue", "black", "white"]
-ITEMS = ["连衣裙", "卫衣", "T恤", "衬衫", "dress", "hoodie", "shirt", "dresses", "hoodies"]
-MARKETING = ["新款", "韩版", "ins风", "百搭", "显瘦", "2024", "oversize", "vintage", "long sleeve"]
-PATTERNS = ["波点", "条纹", "纯色", "polka dot", "striped"]
 WORDS = COLOURS + ITEMS + MARKETING + PATTERNS
-
-
-def make_titles(n: int, seed: int = 0) -> list[str]:
-    """Mixed zh/en fashion titles, words joined with or without spaces."""
-    r = random.Random(seed)
-    titles = []
-    for _ in range(n):
-        parts = [r.choice(MARKETING), r.choice(COLOURS), r.choice(PATTERNS), r.choice(ITEMS)]
-        r.shuffle(parts)
-        titles.append("".join(p + r.choice(["", " "]) for p in parts).strip())
-    return titles
-
-
 TITLES = make_titles(400)
 TRAIN_SNIPPET = (
     "import sys, json; from fashionbert.text import train_tokenizer, tokenizer_fingerprint; "

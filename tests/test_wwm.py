@@ -17,11 +17,8 @@ from hypothesis import strategies as st
 from transformers import PreTrainedTokenizerFast
 
 from fashionbert.text import IGNORE_INDEX, WholeWordMasker, train_tokenizer
+from tests.text_corpus import COLOURS, ITEMS, MARKETING, PATTERNS, make_titles
 
-COLOURS = ["红色", "蓝色", "黑色", "白色", "red", "blue", "black", "white"]
-ITEMS = ["连衣裙", "卫衣", "T恤", "衬衫", "dress", "hoodie", "shirt", "dresses", "hoodies"]
-MARKETING = ["新款", "韩版", "ins风", "百搭", "显瘦", "2024", "oversize", "vintage", "long sleeve"]
-PATTERNS = ["波点", "条纹", "纯色", "polka dot", "striped"]
 # Words unseen in training split into "##" pieces with the trained vocabulary.
 RARE = ["blueshirtdress", "hoodiedresses", "zebra"]
 WORDS = COLOURS + ITEMS + MARKETING + PATTERNS + RARE
@@ -32,15 +29,6 @@ texts_st = st.lists(
     st.tuples(st.sampled_from(WORDS), st.sampled_from(["", " "])), min_size=1, max_size=14
 ).map(lambda parts: "".join(w + sep for w, sep in parts).strip())
 
-
-def make_titles(n: int, seed: int = 0) -> list[str]:
-    r = random.Random(seed)
-    titles = []
-    for _ in range(n):
-        parts = [r.choice(MARKETING), r.choice(COLOURS), r.choice(PATTERNS), r.choice(ITEMS)]
-        r.shuffle(parts)
-        titles.append("".join(p + r.choice(["", " "]) for p in parts).strip())
-    return titles
 
 
 @pytest.fixture(scope="session")

@@ -22,6 +22,10 @@ from pathlib import Path
 from tokenizers import normalizers, pre_tokenizers
 from transformers import AutoTokenizer, BertTokenizerFast, PreTrainedTokenizerFast
 
+# A checkpoint folder holds our config.json next to the tokenizer; AutoTokenizer reads it, so the
+# "fashionbert" model type must be registered before it does (imported for that side effect).
+import fashionbert.configuration  # noqa: E402,F401
+
 __all__ = [
     "SPECIAL_TOKENS",
     "TokenizerLoadError",
