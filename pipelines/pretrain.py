@@ -72,6 +72,7 @@ class PretrainConfig:
     query_probability: float = 0.3
     mpm_probability: float = 0.1
     tia_negative_fraction: float = 0.5
+    clean_fraction: float = 0.5  # rows left unmasked for TIA; 0 = FashionBERT's single corrupted pass
     seed: int = 0
     device: str = "auto"
     save_every: int = 200
@@ -236,7 +237,7 @@ def pretrain(cfg: PretrainConfig, echo: Callable[[str], None] = print, progress:
     collator = PretrainCollator(
         corpus, masker, max_text_length=model.config.max_text_length, num_patches=model.config.num_patches,
         mpm_probability=cfg.mpm_probability, tia_negative_fraction=cfg.tia_negative_fraction,
-        query_probability=cfg.query_probability, seed=cfg.seed,
+        query_probability=cfg.query_probability, clean_fraction=cfg.clean_fraction, seed=cfg.seed,
     )
     sampler = SubCategoryBatchSampler([r.sub_category for r in corpus.records], cfg.batch_size, cfg.group_size, cfg.seed)
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embeddings" not in n]

@@ -76,15 +76,36 @@ def test_collator_builds_negatives_and_masks_only_matched_pairs(data, corpus):
         assert not torch.equal(batch["mpm_targets"][i], batch["image_features"][i])
         assert (batch["mlm_labels"][i] == IGNORE_INDEX).all() and not batch["mpm_mask"][i].any()
     matched = tia == 1
-    assert (batch["mpm_mask"][matched].sum(1) == 6).all()  # 10 % of 64 patches, without replacement
-    assert (batch["patch_features"][batch["mpm_mask"]] == 0).all()
-    assert ((batch["mlm_labels"][matched] != IGNORE_INDEX).sum(1) >= 0).all()
+    clean = batch["tia_rows"]
+    assert 0 < int(clean.sum()) < n
+    assert (batch["zeroed_patches"][~clean].sum(1) == 6).all()  # 10 % of 64 patches, without replacement
+    assert (batch["zeroed_patches"][clean].sum(1) == 0).all()
+    assert torch.equal(batch["mpm_mask"], batch["zeroed_patches"] & matched[:, None])
+    assert (batch["patch_features"][batch["zeroed_patches"]] == 0).all()
+    assert torch.equal(batch["input_ids"][clean], batch["text_input_ids"][clean])  # TIA rows are not masked
+    assert (batch["mlm_labels"][clean] == IGNORE_INDEX).all()
     masked_rows = (batch["mlm_labels"] != IGNORE_INDEX).any(1)
-    assert masked_rows[~matched].sum() == 0
-    assert set(batch["token_type_ids"][:, 0].tolist()) <= {SEGMENT_T, SEGMENT_Q}
+    assert masked_rows[~matched].sum() == 0  # MLM is scored on matched pairs only
+    assert set(batch["token_type_ids"][:, 0].tolist()) == {SEGMENT_T, SEGMENT_Q}
     again = collate(indices, step=0)
     assert all(torch.equal(batch[k], again[k]) for k in batch)
-    assert not torch.equal(collate(indices, step=1)["mpm_mask"], batch["mpm_mask"])
+    assert not torch.equal(collate(indices, step=1)["zeroed_patches"], batch["zeroed_patches"])
+
+
+def test_corruption_does_not_give_the_tia_label_away(data, corpus):
+    """With TIA on corrupted rows (FashionBERT's single pass, clean_fraction=0), negatives are masked
+    like positives: masking only matched rows would leak the label."""
+    collate = make_collator(data, corpus, clean_fraction=0.0)
+    mask_id = data["tokenizer"].mask_token_id
+    rate = {0: [], 1: []}
+    for step in range(40):
+        batch = collate(list(range(16)), step=step)
+        masked = (batch["input_ids"] == mask_id).sum(1).float() / batch["attention_mask"].sum(1)
+        for label, value in zip(batch["tia_labels"].tolist(), masked.tolist()):
+            rate[label].append(value)
+    assert len(rate[0]) > 100 and len(rate[1]) > 100
+    assert abs(np.mean(rate[0]) - np.mean(rate[1])) < 0.03, (np.mean(rate[0]), np.mean(rate[1]))
+    assert collate(list(range(16)), step=0)["tia_rows"].all()
 
 
 def test_tia_negatives_come_from_the_same_sub_category(data, corpus):
@@ -133,7 +154,8 @@ def test_pretrain_writes_a_loadable_checkpoint_log_and_plot(data, tmp_path):
     with (tmp_path / "run" / "train_log.csv").open() as fh:
         rows = list(csv.DictReader(fh))
     assert [int(float(r["step"])) for r in rows] == [1, 2, 3, 4, 5, 6]
-    weights = [sum(float(r[f"w.{k}"]) for k in ("mlm", "mpm", "tia", "itc")) for r in rows]
+    # a step whose batch had nothing to score for a task has no weight for it: the rest sum to 1
+    weights = [sum(float(r[f"w.{k}"]) for k in ("mlm", "mpm", "tia", "itc") if r[f"w.{k}"]) for r in rows]
     np.testing.assert_allclose(weights, 1.0, atol=1e-5)  # ω logged per step and on the simplex
     assert (tmp_path / "run" / "train_log.png").stat().st_size > 0
     assert (tmp_path / "run" / "training_config.json").is_file()

@@ -9,7 +9,10 @@
   ARCHITECTURE.md §2) are always at hand inside the batch.
 * :class:`PretrainCollator` draws, for each row, a text and an image view,
   swaps in a same-group negative image for a fraction of rows (TIA label 0),
-  whole-word masks the text (MLM) and zeroes ~10 % of the patches (MPM).
+  and splits the rows at random into clean ones (scored by TIA) and
+  corrupted ones: whole-word-masked text (MLM) and ~10 % zeroed patches
+  (MPM), scored on matched rows. ``clean_fraction=0`` is FashionBERT's
+  original single corrupted pass with TIA on every row.
 
 Everything random is drawn from a generator seeded by (seed, step), so a
 resumed run sees exactly the batches an uninterrupted run would.
@@ -149,6 +152,7 @@ class PretrainCollator:
         mpm_probability: float = 0.1,
         tia_negative_fraction: float = 0.5,
         query_probability: float = 0.3,
+        clean_fraction: float = 0.5,
         seed: int = 0,
     ):
         self.corpus = corpus
@@ -159,6 +163,9 @@ class PretrainCollator:
         self.n_masked_patches = max(1, int(round(mpm_probability * num_patches)))
         self.tia_negative_fraction = tia_negative_fraction
         self.query_probability = query_probability
+        if not 0.0 <= clean_fraction <= 1.0:
+            raise ValueError("clean_fraction must be in [0, 1]")
+        self.clean_fraction = clean_fraction
         self.seed = seed
         self._encoded: dict[str, tuple[list[int], list[int | None]]] = {}
 
@@ -196,21 +203,30 @@ class PretrainCollator:
                 image_rows[i] = others[int(rng.integers(len(others)))]
                 tia[i] = 0
 
+        # Rows are split at random (independently of the TIA label) into clean rows, which TIA scores,
+        # and corrupted rows (masked words, zeroed patches), which MLM/MPM score when matched. TIA on
+        # corrupted rows would learn from texts whose telling word ("red") is [MASK]ed away, and
+        # corrupting only matched rows would leak the label (no [MASK] => negative).
+        clean = rng.random(n) < self.clean_fraction
         encoded = [self._encode(t) for t in texts]
         ids = [list(e[0]) for e in encoded]
         masked, labels = [], []
-        for (tok_ids, word_ids), matched in zip(encoded, tia):
+        for (tok_ids, word_ids), matched, is_clean in zip(encoded, tia, clean):
+            if is_clean:
+                masked.append(list(tok_ids))
+                labels.append([IGNORE_INDEX] * len(tok_ids))
+                continue
             m_ids, m_labels = self.masker.mask_encoded(tok_ids, word_ids, rng)
             masked.append(m_ids)
-            labels.append(m_labels if matched else [IGNORE_INDEX] * len(m_labels))  # no MLM on mismatched pairs
+            labels.append(m_labels if matched else [IGNORE_INDEX] * len(m_labels))
         pad = self.tokenizer.pad_token_id
         attention = [[1] * len(r) for r in ids]
         joint_feats = feats[image_rows].copy()
-        patch_mask = np.zeros((n, self.num_patches), dtype=bool)
-        for i in range(n):
-            patch_mask[i, rng.choice(self.num_patches, self.n_masked_patches, replace=False)] = True
-        patch_mask[tia == 0] = False  # MPM, like MLM, only on matched pairs
-        joint_feats[patch_mask] = 0.0
+        zeroed = np.zeros((n, self.num_patches), dtype=bool)
+        for i in np.flatnonzero(~clean):
+            zeroed[i, rng.choice(self.num_patches, self.n_masked_patches, replace=False)] = True
+        joint_feats[zeroed] = 0.0
+        patch_mask = zeroed & (tia == 1)[:, None]  # MPM loss only where text and image match
         seg = torch.tensor(segments, dtype=torch.long)
         text_ids = self._pad(ids, pad)
         return {
@@ -222,8 +238,10 @@ class PretrainCollator:
             "patch_features": torch.from_numpy(joint_feats),
             "image_features": torch.from_numpy(feats),
             "mpm_mask": torch.from_numpy(patch_mask),
+            "zeroed_patches": torch.from_numpy(zeroed),
             "mpm_targets": torch.from_numpy(feats[image_rows]),
             "tia_labels": torch.from_numpy(tia),
+            "tia_rows": torch.from_numpy(clean if self.clean_fraction > 0 else np.ones(n, dtype=bool)),
             "itc_same_text": torch.tensor([[a == b for b in texts] for a in texts]),
             "itc_same_product": torch.tensor([[a.product_id == b.product_id for b in records] for a in records]),
         }

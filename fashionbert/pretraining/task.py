@@ -11,7 +11,8 @@ them (fixed or adaptive weights) is the caller's business.
 * ``mpm`` - KL(softmax(original feature) || softmax(prediction)) over the
   feature dimensions of the zeroed patches.
 * ``tia`` - 2-way classification of the pooled joint sequence (matched vs an
-  image of another product of the same sub-category).
+  image of another product of the same sub-category), on the batch's clean
+  (unmasked) rows - see :class:`~fashionbert.pretraining.data.PretrainCollator`.
 * ``itc`` - symmetric InfoNCE between text-alone and image-alone encodings
   with in-batch (hence same-sub-category) negatives; exact duplicates of a
   text are not counted as negatives.
@@ -70,10 +71,12 @@ class PretrainingTask(nn.Module):
                     losses["mpm"] = F.kl_div(
                         F.log_softmax(pred, -1), F.log_softmax(target, -1), log_target=True, reduction="batchmean"
                     )
-            if "tia" in self.tasks:
-                logits = self.model.tia_logits(joint.pooler_output).float()
-                losses["tia"] = F.cross_entropy(logits, batch["tia_labels"])
-                stats["tia_acc"] = float((logits.argmax(-1) == batch["tia_labels"]).float().mean())
+            rows = batch["tia_rows"]
+            if "tia" in self.tasks and rows.any():
+                logits = self.model.tia_logits(joint.pooler_output[rows]).float()
+                labels = batch["tia_labels"][rows]
+                losses["tia"] = F.cross_entropy(logits, labels)
+                stats["tia_acc"] = float((logits.argmax(-1) == labels).float().mean())
         if "itc" in self.tasks:
             losses["itc"], stats["itc_acc"] = self._itc(batch)
         return losses, stats
