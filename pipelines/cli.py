@@ -169,7 +169,7 @@ def pretrain(
     warmup_steps: Annotated[int, typer.Option(min=0)] = 100,
     loss_weighting: Annotated[str, typer.Option(help="adaptive-grad | adaptive-softmax | fixed")] = "adaptive-grad",
     tasks: Annotated[str, typer.Option(help="Comma-separated subset of mlm,mpm,tia,itc.")] = "mlm,mpm,tia,itc",
-    clean_fraction: Annotated[float, typer.Option(min=0.0, max=1.0, help="Rows kept unmasked for TIA (0: FashionBERT's single corrupted pass).")] = 0.5,
+    clean_fraction: Annotated[float, typer.Option(min=0.0, max=1.0, help="Rows kept unmasked for TIA (0: FashionBERT's single corrupted pass).")] = 0.0,
     tokenizer: Annotated[Path | None, typer.Option(help="Local tokenizer folder (default: train one on the catalog).")] = None,
     bert_init: Annotated[Path | None, typer.Option(help="Local BERT folder to initialise the trunk.")] = None,
     seed: Annotated[int, typer.Option()] = 0,

@@ -72,7 +72,7 @@ class PretrainConfig:
     query_probability: float = 0.3
     mpm_probability: float = 0.1
     tia_negative_fraction: float = 0.5
-    clean_fraction: float = 0.5  # rows left unmasked for TIA; 0 = FashionBERT's single corrupted pass
+    clean_fraction: float = 0.0  # rows left unmasked for TIA; 0 = FashionBERT's single corrupted pass
     seed: int = 0
     device: str = "auto"
     save_every: int = 200

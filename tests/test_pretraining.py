@@ -65,7 +65,7 @@ def test_batches_are_same_sub_category_groups_and_deterministic(corpus):
 
 
 def test_collator_builds_negatives_and_masks_only_matched_pairs(data, corpus):
-    collate = make_collator(data, corpus, query_probability=0.5)
+    collate = make_collator(data, corpus, query_probability=0.5, clean_fraction=0.5)
     indices = SubCategoryBatchSampler([r.sub_category for r in corpus.records], 16, 4, seed=0).batch(0)
     batch = collate(indices, step=0)
     n = len(indices)

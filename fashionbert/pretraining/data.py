@@ -11,8 +11,9 @@
   swaps in a same-group negative image for a fraction of rows (TIA label 0),
   and splits the rows at random into clean ones (scored by TIA) and
   corrupted ones: whole-word-masked text (MLM) and ~10 % zeroed patches
-  (MPM), scored on matched rows. ``clean_fraction=0`` is FashionBERT's
-  original single corrupted pass with TIA on every row.
+  (MPM), scored on matched rows. ``clean_fraction=0`` (the default) is
+  FashionBERT's original single corrupted pass with TIA on every row; 0.5
+  learned TIA more slowly in a 20-minute CPU budget (docs/results.md).
 
 Everything random is drawn from a generator seeded by (seed, step), so a
 resumed run sees exactly the batches an uninterrupted run would.
@@ -152,7 +153,7 @@ class PretrainCollator:
         mpm_probability: float = 0.1,
         tia_negative_fraction: float = 0.5,
         query_probability: float = 0.3,
-        clean_fraction: float = 0.5,
+        clean_fraction: float = 0.0,
         seed: int = 0,
     ):
         self.corpus = corpus
