@@ -42,6 +42,9 @@ class FeatureStore:
             (pid, img): (shard, off)
             for pid, img, shard, off in zip(*(self.index.column(c).to_pylist() for c in ("product_id", "image_index", "shard", "offset")))
         } if tables else {}
+        self._images_of: dict[str, list[int]] = {}
+        for pid, img in sorted(self._lookup):
+            self._images_of.setdefault(pid, []).append(img)
 
     @property
     def feature_dim(self) -> int:
@@ -59,7 +62,8 @@ class FeatureStore:
         return np.asarray(self._arrays[shard][offset])
 
     def image_indices(self, product_id: str) -> list[int]:
-        return sorted(img for pid, img in self._lookup if pid == product_id)
+        """The extracted views of a product, ascending (empty when it has none)."""
+        return list(self._images_of.get(product_id, ()))
 
     def load_all(self) -> np.ndarray:
         """All features concatenated in index order (only for small catalogs and tests)."""
