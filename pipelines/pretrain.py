@@ -21,7 +21,6 @@ at the end, with the loss/weight log (``train_log.csv``) and its plot.
 from __future__ import annotations
 
 import csv
-import json
 import math
 import os
 import random
