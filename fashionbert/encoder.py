@@ -16,7 +16,7 @@ and the tokenizer files side by side.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -123,46 +123,49 @@ class FashionBert:
         }
 
     # ------------------------------------------------------------------ inference API
+    def _batched(self, n: int, batch_size: int, step: Callable[[slice], torch.Tensor]) -> torch.Tensor | None:
+        """Run ``step`` over consecutive slices of ``n`` inputs in eval mode; None when there are none."""
+        self.model.eval()
+        parts = [step(slice(i, i + batch_size)) for i in range(0, n, batch_size)]
+        return torch.cat(parts).float().cpu() if parts else None
+
+    def _vectors(self, result: torch.Tensor | None) -> np.ndarray:
+        return result.numpy() if result is not None else np.zeros((0, self.config.itc_dim), np.float32)
+
     @torch.inference_mode()
     def encode_text(self, texts: Sequence[str], segment: str = "Q", batch_size: int = 128) -> np.ndarray:
-        self.model.eval()
-        out = [
-            self.model.itc_embedding(self.model(**self.tokenize(texts[i : i + batch_size], segment)))
-            for i in range(0, len(texts), batch_size)
-        ]
-        return self._stack(out)
+        return self._vectors(self._batched(
+            len(texts), batch_size, lambda s: self.model.itc_embedding(self.model(**self.tokenize(texts[s], segment)))
+        ))
 
     @torch.inference_mode()
     def encode_images(self, patch_features: np.ndarray | torch.Tensor, batch_size: int = 128) -> np.ndarray:
-        self.model.eval()
-        out = []
-        for i in range(0, len(patch_features), batch_size):
-            feats = _as_tensor(patch_features[i : i + batch_size], self.device)
-            out.append(self.model.itc_embedding(self.model.encode_image_only(feats)))
-        return self._stack(out)
+        return self._vectors(self._batched(
+            len(patch_features), batch_size,
+            lambda s: self.model.itc_embedding(self.model.encode_image_only(_as_tensor(patch_features[s], self.device))),
+        ))
+
+    def _joint(self, texts: Sequence[str], patch_features: np.ndarray | torch.Tensor, s: slice, segment: str):
+        """``[CLS] text [SEP] patches`` for one slice of aligned texts and images."""
+        return self.model(**self.tokenize(texts[s], segment), patch_features=_as_tensor(patch_features[s], self.device))
 
     @torch.inference_mode()
     def encode_products(self, titles: Sequence[str], patch_features: np.ndarray | torch.Tensor, batch_size: int = 128) -> np.ndarray:
         """Joint title + image encoding: the default product vector of the index."""
         self._check_pairs(titles, patch_features)
-        self.model.eval()
-        out = []
-        for i in range(0, len(titles), batch_size):
-            feats = _as_tensor(patch_features[i : i + batch_size], self.device)
-            out.append(self.model.itc_embedding(self.model(**self.tokenize(titles[i : i + batch_size], "T"), patch_features=feats)))
-        return self._stack(out)
+        return self._vectors(self._batched(
+            len(titles), batch_size, lambda s: self.model.itc_embedding(self._joint(titles, patch_features, s, "T"))
+        ))
 
     @torch.inference_mode()
     def score_pairs(self, texts: Sequence[str], patch_features: np.ndarray | torch.Tensor, batch_size: int = 128, segment: str = "T") -> np.ndarray:
         """TIA probability that each text matches its image (the cross-encoder re-ranker)."""
         self._check_pairs(texts, patch_features)
-        self.model.eval()
-        out = []
-        for i in range(0, len(texts), batch_size):
-            feats = _as_tensor(patch_features[i : i + batch_size], self.device)
-            output = self.model(**self.tokenize(texts[i : i + batch_size], segment), patch_features=feats)
-            out.append(self.model.tia_logits(output.pooler_output).float().softmax(-1)[:, 1])
-        return torch.cat(out).cpu().numpy().astype(np.float32) if out else np.zeros(0, np.float32)
+        result = self._batched(
+            len(texts), batch_size,
+            lambda s: self.model.tia_logits(self._joint(texts, patch_features, s, segment).pooler_output).float().softmax(-1)[:, 1],
+        )
+        return result.numpy() if result is not None else np.zeros(0, np.float32)
 
     @torch.inference_mode()
     def attention_map(self, text: str, patch_features: np.ndarray | torch.Tensor, segment: str = "Q") -> np.ndarray:
@@ -187,11 +190,6 @@ class FashionBert:
         weights = weights / weights.sum().clamp_min(1e-12)
         side = int(round(self.config.num_patches**0.5))
         return weights.reshape(side, side).cpu().numpy().astype(np.float32)
-
-    def _stack(self, parts: list[torch.Tensor]) -> np.ndarray:
-        if not parts:
-            return np.zeros((0, self.config.itc_dim), np.float32)
-        return torch.cat(parts).cpu().numpy().astype(np.float32)
 
     @staticmethod
     def _check_pairs(texts: Sequence[str], patch_features: np.ndarray | torch.Tensor) -> None:

@@ -142,6 +142,12 @@ class Catalog:
             for ref in refs[:max_images_per_product]:
                 yield row, ref
 
+    @property
+    def title_columns(self) -> list[str]:
+        """``title`` plus alternative titles in ``title_*`` columns (e.g. the synthetic ``title_en``/``title_zh``)."""
+        names = self.table.column_names
+        return ["title", *sorted(n for n in names if n.startswith("title_"))]
+
     def texts(self) -> list[str]:
         """Every text a shopper or merchant wrote: titles (``title`` and any ``title_*``), descriptions, queries.
 
@@ -149,7 +155,7 @@ class Catalog:
         """
         names = self.table.column_names
         out: list[str] = []
-        for name in ("title", *sorted(n for n in names if n.startswith("title_")), "description"):
+        for name in (*self.title_columns, "description"):
             if name in names:
                 out.extend(t for t in self.table.column(name).to_pylist() if isinstance(t, str) and t.strip())
         if "queries" in names:

@@ -66,7 +66,7 @@ class PretrainCorpus:
         """
         table = catalog.table
         columns = table.column_names
-        title_columns = ["title", *sorted(c for c in columns if c.startswith("title_"))]
+        title_columns = catalog.title_columns
         values = {c: table.column(c).to_pylist() for c in title_columns}
         queries = table.column("queries").to_pylist() if "queries" in columns else [None] * len(table)
         records = []
