@@ -289,10 +289,27 @@ def read_catalog(
         table = pq.read_table(path)
     except (pa.ArrowException, OSError) as exc:
         raise CatalogSchemaError(f"{path} is not a readable Parquet file: {exc}") from exc
+    return validate_table(
+        table, path.resolve().parent, name=str(path), strict=strict, check_images=check_images,
+        require_image=require_image, workers=workers,
+    )
+
+
+def validate_table(
+    table: pa.Table,
+    root: Path,
+    *,
+    name: str = "catalog",
+    strict: bool = False,
+    check_images: ImageCheck = "exists",
+    require_image: bool = False,
+    workers: int = 8,
+) -> Catalog:
+    """Validate an in-memory catalog table whose image paths are relative to ``root`` (see :func:`read_catalog`)."""
+    path = name
     check_schema(table.schema)
     if table.num_rows == 0:
         raise EmptyCatalogError(f"catalog {path} has no rows")
-    root = path.resolve().parent
 
     columns = {name: table.column(name).to_pylist() for name in REQUIRED_COLUMNS}
     issues: list[RowIssue] = []

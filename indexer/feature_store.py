@@ -61,6 +61,16 @@ class FeatureStore:
         shard, offset = self._lookup[(product_id, image_index)]
         return np.asarray(self._arrays[shard][offset])
 
+    def get_at(self, shard: int, offset: int) -> np.ndarray:
+        return np.asarray(self._arrays[shard][offset])
+
+    def fingerprint_locations(self) -> dict[str, tuple[int, int]]:
+        """Image content fingerprint -> (shard, offset), for reuse by a later extraction (empty for old shards)."""
+        if "image_fingerprint" not in self.index.column_names:
+            return {}
+        cols = (self.index.column(c).to_pylist() for c in ("image_fingerprint", "shard", "offset"))
+        return {fp: (shard, off) for fp, shard, off in zip(*cols) if fp}
+
     def image_indices(self, product_id: str) -> list[int]:
         """The extracted views of a product, ascending (empty when it has none)."""
         return list(self._images_of.get(product_id, ()))

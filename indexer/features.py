@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
+
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -34,6 +35,10 @@ from tqdm.auto import tqdm
 
 from fashionbert.vision import GRID, NUM_PATCHES, PatchFeatureExtractor, build_backbone, load_image_tensor
 from indexer.catalog import Catalog, ImageRef
+from indexer.files import atomic_write, save_npy, shard_name
+
+if TYPE_CHECKING:
+    from indexer.feature_store import FeatureStore
 
 INFO_FILE = "features_info.json"
 FORMAT_VERSION = 1
@@ -79,14 +84,11 @@ class FeatureJobResult:
     bad_images: list[dict[str, object]] = field(default_factory=list)
     seconds: float = 0.0
     weights: str = ""
+    reused_images: int = 0  # copied from the ``reuse`` store instead of recomputed
 
     @property
     def images_per_second(self) -> float:
         return self.num_images / self.seconds if self.seconds > 0 else float("nan")
-
-
-def shard_name(index: int) -> str:
-    return f"part-{index:05d}"
 
 
 def _plan(catalog: Catalog, max_images: int | None) -> list[tuple[int, ImageRef]]:
@@ -124,27 +126,32 @@ def _collate(items: list[tuple[int, torch.Tensor | None, str | None]]):
     return [i for i, _ in ok], images, bad
 
 
+def _reusable(
+    plan: list[tuple[int, ImageRef]], ranges: list[tuple[int, int]], reuse: FeatureStore | None, config: FeatureJobConfig
+) -> dict[int, tuple[int, int]]:
+    """Plan index -> (shard, offset) in ``reuse`` for every image to be done whose content it already holds."""
+    if reuse is None or reuse.info.get("config") != config.fingerprint_fields():
+        return {}
+    known = reuse.fingerprint_locations()
+    out: dict[int, tuple[int, int]] = {}
+    for s, e in ranges:
+        for i in range(s, e):
+            loc = known.get(plan[i][1].fingerprint())
+            if loc is not None:
+                out[i] = loc
+    return out
+
+
 def _resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
 
 
-def _atomic_write(path: Path, writer: Callable[[Path], None]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    writer(tmp)
-    os.replace(tmp, path)
-
-
 def _write_shard(out_dir: Path, index: int, feats: np.ndarray, meta: pa.Table) -> None:
     base = out_dir / shard_name(index)
-    _atomic_write(base.with_suffix(".parquet"), lambda p: pq.write_table(meta, p))
-
-    def write_npy(p: Path) -> None:
-        with p.open("wb") as fh:
-            np.save(fh, feats)
-
-    _atomic_write(base.with_suffix(".npy"), write_npy)  # last: its presence marks the shard finished
+    atomic_write(base.with_suffix(".parquet"), lambda p: pq.write_table(meta, p))
+    save_npy(base.with_suffix(".npy"), feats)  # last: its presence marks the shard finished
 
 
 def _shard_done(out_dir: Path, index: int) -> bool:
@@ -169,7 +176,7 @@ def _prepare_out_dir(out_dir: Path, info: dict, overwrite: bool) -> None:
             return
     for stale in out_dir.glob("part-*"):
         stale.unlink()
-    _atomic_write(info_path, lambda p: p.write_text(json.dumps(info, indent=2, ensure_ascii=False)))
+    atomic_write(info_path, lambda p: p.write_text(json.dumps(info, indent=2, ensure_ascii=False)))
 
 
 def _shard_batches(shard_ranges: list[tuple[int, int]], batch_size: int) -> list[list[int]]:
@@ -185,11 +192,14 @@ def extract_catalog_features(
     overwrite: bool = False,
     progress: bool = True,
     stop_after_shards: int | None = None,
+    reuse: FeatureStore | None = None,
 ) -> FeatureJobResult:
     """Extract 8x8 patch features for every image of ``catalog`` into shards under ``out_dir``.
 
     Resumes: finished shards of the same plan and config are kept. ``stop_after_shards``
     simulates an interruption (tests) by returning after that many newly written shards.
+    ``reuse``: an earlier features directory of the same configuration (e.g. last night's
+    catalog); images whose content fingerprint it already holds are copied, not recomputed.
     """
     start = time.perf_counter()
     out_dir = Path(out_dir)
@@ -220,7 +230,11 @@ def extract_catalog_features(
         todo = todo[:stop_after_shards]
     ranges = [(k * config.shard_size, min((k + 1) * config.shard_size, len(plan))) for k in todo]
     batch_size = config.batch_size or (64 if device.type == "cuda" else 8)
-    batches = _shard_batches(ranges, batch_size)
+    reused = _reusable(plan, ranges, reuse, config)
+    n_reused = len(reused)
+    batches = [b for b in (
+        [i for i in batch if i not in reused] for batch in _shard_batches(ranges, batch_size)
+    ) if b]
     loader = DataLoader(
         _ImageDataset(plan, extractor.image_size),
         batch_sampler=batches,
@@ -235,7 +249,22 @@ def extract_catalog_features(
     current = next(shard_iter, None)
     bad_images: list[dict[str, object]] = []
     total = sum(e - s for s, e in ranges)
+
+    def flush_finished_shards() -> None:
+        nonlocal current
+        while current is not None and all(
+            i in feats_by_index or i in errors_by_index or i in reused for i in range(*current[1])
+        ):
+            k, (s, e) = current
+            for i in range(s, e):
+                if i in reused:
+                    feats_by_index[i] = reuse.get_at(*reused.pop(i))  # type: ignore[union-attr]
+            bad_images.extend(_flush_shard(out_dir, k, s, e, plan, catalog, feats_by_index, errors_by_index, backbone.feature_dim))
+            current = next(shard_iter, None)
+
     with tqdm(total=total, unit="img", desc=f"features {config.encoder}/{config.mode}", disable=not progress) as bar:
+        bar.update(len(reused))
+        flush_finished_shards()
         for indices, images, bad in loader:
             if images is not None:
                 images = images.to(device, non_blocking=True)
@@ -245,12 +274,7 @@ def extract_catalog_features(
                     feats_by_index[i] = f
             errors_by_index.update(bad)
             bar.update(len(indices) + len(bad))
-            while current is not None and all(
-                i in feats_by_index or i in errors_by_index for i in range(*current[1])
-            ):
-                k, (s, e) = current
-                bad_images.extend(_flush_shard(out_dir, k, s, e, plan, catalog, feats_by_index, errors_by_index, backbone.feature_dim))
-                current = next(shard_iter, None)
+            flush_finished_shards()
     return FeatureJobResult(
         out_dir=out_dir,
         num_images=total,
@@ -260,6 +284,7 @@ def extract_catalog_features(
         bad_images=bad_images,
         seconds=time.perf_counter() - start,
         weights=backbone.weights,
+        reused_images=n_reused,
     )
 
 
@@ -288,6 +313,7 @@ def _flush_shard(
         "product_id": pa.array([plan[i][1].product_id for i in good], pa.string()),
         "image_index": pa.array([plan[i][1].image_index for i in good], pa.int32()),
         "catalog_row": pa.array([catalog.source_rows[plan[i][0]] for i in good], pa.int64()),
+        "image_fingerprint": pa.array([plan[i][1].fingerprint() for i in good], pa.string()),
     }).replace_schema_metadata({"bad_images": json.dumps(errors, ensure_ascii=False)})
     _write_shard(out_dir, k, feats, meta)
     return errors

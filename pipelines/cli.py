@@ -225,6 +225,53 @@ def evaluate(
 
 @app.command()
 @one_line_errors
+def index(
+    out: Annotated[Path, typer.Option(help="Index root: versions, CURRENT, staging and caches live here.")],
+    checkpoint: Annotated[Path, typer.Option(help="FashionBERT checkpoint directory.")],
+    catalog: Annotated[Path | None, typer.Option(help="Catalog Parquet (full build).")] = None,
+    update: Annotated[Path | None, typer.Option(help="Change file: rows to add/replace, op='delete' rows to remove.")] = None,
+    rebuild: Annotated[bool, typer.Option(help="Full build even when --update is given (needs --catalog).")] = False,
+    features: Annotated[Path | None, typer.Option(help="Precomputed patch features of --catalog (default: cached under --out).")] = None,
+    encoder: Annotated[str, typer.Option(help="Image encoder when features are extracted here.")] = "efficientnet_lite0",
+    mode: Annotated[str, typer.Option(help="grid | crop")] = "grid",
+    weights: Annotated[Path | None, typer.Option(help="Local CNN weights file.")] = None,
+    factory: Annotated[str, typer.Option(help="auto, or a faiss factory string (Flat, HNSW32, IVF1024,Flat, IVF4096,PQ64x8).")] = "auto",
+    max_memory: Annotated[str | None, typer.Option(help="Memory budget of one index for --factory auto, e.g. 8GB.")] = None,
+    target_recall: Annotated[float, typer.Option(min=0.0, max=1.0, help="recall@10 vs exact that nprobe/efSearch are tuned to.")] = 0.95,
+    product_vectors: Annotated[str, typer.Option(help="joint (title+image encoding) | i2t | t2i (linear-combination presets).")] = "joint",
+    images_a: Annotated[int | None, typer.Option("--a", min=0, help="Combination: first a image vectors.")] = None,
+    texts_b: Annotated[int | None, typer.Option("--b", min=0, help="Combination: first b text vectors.")] = None,
+    xi: Annotated[float | None, typer.Option(min=0.0, help="Combination: image weight.")] = None,
+    mu: Annotated[float | None, typer.Option(min=0.0, help="Combination: text weight.")] = None,
+    engine: Annotated[str, typer.Option(help="local | ray (Ray Data: features + encoding on a cluster).")] = "local",
+    ray_workers: Annotated[int | None, typer.Option(min=1, help="Ray model actors (default: GPUs, or 2).")] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="Products per model call.")] = 64,
+    shard_size: Annotated[int, typer.Option(min=1, help="Products per embedding shard (the unit of resume).")] = 4096,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+    keep_versions: Annotated[int, typer.Option(min=1, help="Published versions to keep.")] = 3,
+    seed: Annotated[int, typer.Option()] = 0,
+) -> None:
+    """Build (or incrementally update) the FAISS indexes of a catalog and publish a new version.
+
+    Example: fashionbert index --catalog data/catalog.parquet --checkpoint runs/tiny --out index
+             fashionbert index --update changes.parquet --checkpoint runs/tiny --out index
+    """
+    from pipelines.index import IndexOptions, run_index
+
+    options = IndexOptions(
+        out=out, checkpoint=checkpoint, catalog=catalog, update=update, rebuild=rebuild, features=features,
+        encoder=encoder, mode=mode, weights=weights, factory=factory, max_memory=max_memory,
+        target_recall=target_recall, product_vectors=product_vectors, a=images_a, b=texts_b, xi=xi, mu=mu,
+        engine=engine, ray_workers=ray_workers, batch_size=batch_size, shard_size=shard_size, device=device,
+        keep_versions=keep_versions, seed=seed,
+    )
+    summary = run_index(options)
+    for line in summary.lines():
+        typer.echo(line)
+
+
+@app.command()
+@one_line_errors
 def demo(
     workdir: Annotated[Path, typer.Option(help="Where the demo keeps its data (reused by the next run).")] = Path("fashionbert-demo"),
     train_products: Annotated[int, typer.Option(min=10)] = 2000,
