@@ -81,6 +81,27 @@ def variants(seeds: np.ndarray, norms: np.ndarray, rows: np.ndarray, rng: np.ran
     return normalise(seeds[rows] + sigma * rng.standard_normal((len(rows), d), dtype=np.float32) / np.sqrt(d))
 
 
+def seed_neighbours(seeds: np.ndarray, k: int = 20) -> np.ndarray:
+    """The k nearest other seeds of each seed (exact inner product): whom a variant may blend with."""
+    index = faiss.IndexFlatIP(seeds.shape[1])
+    index.add(np.ascontiguousarray(seeds))
+    _, nn = index.search(np.ascontiguousarray(seeds), min(k + 1, len(seeds)))
+    return nn[:, 1:]
+
+
+def blends(seeds: np.ndarray, norms: np.ndarray, neighbours: np.ndarray, rows: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Variants spread *between* a seed and one of its nearest seeds, not clumped around it.
+
+    normalise((1 - t) s_i + t s_j) then the usual perturbation, t ~ U(0, 0.5): products fill
+    the space between real neighbours (a continuous neighbourhood like a real catalog's) so
+    the top-10 of a query is not just one seed's clump, which any index finds trivially.
+    """
+    j = neighbours[rows, rng.integers(0, neighbours.shape[1], len(rows))]
+    t = rng.uniform(0.0, 0.5, (len(rows), 1)).astype(np.float32)
+    mixed = normalise((1 - t) * seeds[rows] + t * seeds[j])
+    return variants(mixed, np.ones(len(rows), np.float32), np.arange(len(rows)), rng)
+
+
 def make_data(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
     """(database [n, d], ids [n] int64 63-bit, queries [q, d], description of the source)."""
     root = np.random.default_rng(args.seed)
@@ -95,13 +116,20 @@ def make_data(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray, np.ndar
         source = (f"synthetic stand-in: {args.families:,} product families in 300 categories "
                   f"(rank-16 subspaces), d={args.dim} (no --seed-vectors)")
     norms = np.linalg.norm(seeds, axis=1).astype(np.float32)
+    neighbours = seed_neighbours(seeds)
     db = np.empty((args.n, seeds.shape[1]), dtype=np.float32)
     for start in tqdm(range(0, args.n, CHUNK), desc="data", unit="chunk", leave=False):
         rows = db_rng.integers(0, len(seeds), min(CHUNK, args.n - start))
-        db[start : start + len(rows)] = variants(seeds, norms, rows, db_rng)
-    queries = variants(seeds, norms, query_rng.integers(0, len(seeds), args.queries), query_rng)
+        db[start : start + len(rows)] = blends(seeds, norms, neighbours, rows, db_rng)
+    if args.query_vectors:
+        queries = normalise(np.load(args.query_vectors).astype(np.float32))
+        queries = queries[np.sort(query_rng.choice(len(queries), size=min(args.queries, len(queries)), replace=False))]
+        qsource = f"real encoded queries {args.query_vectors}"
+    else:
+        queries = blends(seeds, norms, neighbours, query_rng.integers(0, len(seeds), args.queries), query_rng)
+        qsource = "held-out blends"
     ids = id_rng.choice(2**63 - 1, size=args.n, replace=False).astype(np.int64)  # like hashed product ids
-    return db, ids, queries, f"{source}; variants sigma in {SIGMAS}"
+    return db, ids, queries, f"{source}; blends of neighbouring seeds, sigma in {SIGMAS}; queries: {qsource}"
 
 
 def rss_bytes() -> int:
@@ -129,6 +157,7 @@ def main() -> None:
     ap.add_argument("--dim", type=int, default=256, help="dimension of the synthetic stand-in")
     ap.add_argument("--queries", type=int, default=1000)
     ap.add_argument("--seed-vectors", type=Path, default=None, help="real product vectors, float32 [m, d] .npy")
+    ap.add_argument("--query-vectors", type=Path, default=None, help="real encoded shopper queries, float32 [q, d] .npy (else held-out blends)")
     ap.add_argument("--families", type=int, default=5_000, help="synthetic seed vectors (without --seed-vectors)")
     ap.add_argument("--factories", nargs="+", default=None,
                     help="factory strings, space-separated (default: Flat HNSW32 IVF{nlist},Flat IVF{nlist},PQ{d/4}x8)")

@@ -209,6 +209,8 @@ def evaluate(
     features: Annotated[Path, typer.Option(help="Its patch-feature directory.")],
     json_out: Annotated[Path | None, typer.Option("--json", help="Write metrics JSON (+ .md table and .png curves).")] = None,
     queries: Annotated[int, typer.Option(min=1, help="random-100: text and image queries each.")] = 1000,
+    random100: Annotated[bool, typer.Option(help="Run the random-100 protocol (cross encoder; slow on CPU).")] = True,
+    product_vectors: Annotated[str | None, typer.Option(help="Also score index product vectors: comma list of joint,i2t,t2i.")] = None,
     seed: Annotated[int, typer.Option()] = 0,
 ) -> None:
     """Evaluate a checkpoint: random-100 (cross encoder) and full-catalog retrieval (dual encoder).
@@ -219,7 +221,10 @@ def evaluate(
     from fashionbert.evaluation import markdown_table
     from pipelines.evaluate import EvalConfig, evaluate as run_eval
 
-    metrics = run_eval(EvalConfig(checkpoint, catalog, features, json_out, n_queries=queries, seed=seed), echo=typer.echo)
+    presets = tuple(p.strip() for p in product_vectors.split(",") if p.strip()) if product_vectors else ()
+    config = EvalConfig(checkpoint, catalog, features, json_out, n_queries=queries, seed=seed, random100=random100,
+                        product_vectors=presets)
+    metrics = run_eval(config, echo=typer.echo)
     typer.echo(markdown_table(metrics))
 
 

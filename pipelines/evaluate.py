@@ -26,6 +26,7 @@ class EvalConfig:
     seed: int = 0
     random100: bool = True
     full: bool = True
+    product_vectors: tuple[str, ...] = ()  # presets to score as the index serves them (joint, i2t, t2i)
     device: str = "cpu"
 
 
@@ -53,9 +54,16 @@ def evaluate(cfg: EvalConfig, echo: Callable[[str], None] = print) -> dict[str, 
     r100 = evaluate_random100(model, items, feats, cfg.n_queries, cfg.n_candidates, cfg.seed) if cfg.random100 else None
     full = evaluate_full_catalog(model, items, feats) if cfg.full else None
     metrics = flatten_metrics(r100, full)
+    products: dict[str, float] = {}
+    if cfg.product_vectors:
+        from pipelines.product_vector_eval import evaluate_product_vectors
+
+        products = evaluate_product_vectors(model, cfg.catalog, cfg.features, cfg.product_vectors, echo=echo)
+        metrics.update(products)
     if cfg.json_out is not None:
         extra = {"checkpoint": str(cfg.checkpoint), "catalog": str(cfg.catalog), "n_items": len(items),
                  "seconds": round(time.perf_counter() - start, 1)}
-        paths = write_report({"random100": r100, "full": full}, cfg.json_out, extra=extra)
+        raw = {k: v for k, v in (("random100", r100), ("full", full)) if v is not None}
+        paths = write_report({**raw, **products}, cfg.json_out, extra=extra)
         echo("eval: wrote " + ", ".join(str(p) for p in paths))
     return metrics

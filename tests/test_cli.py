@@ -13,7 +13,7 @@ from pipelines.cli import app
 runner = CliRunner()
 
 
-@pytest.mark.parametrize("command", ["synth", "validate", "features", "demo"])
+@pytest.mark.parametrize("command", ["synth", "validate", "features", "pretrain", "eval", "index", "demo"])
 def test_every_subcommand_has_help_with_an_example(command):
     result = runner.invoke(app, [command, "--help"])
     assert result.exit_code == 0, result.output
@@ -67,3 +67,23 @@ def test_failures_are_one_line_without_traceback_unless_debug(tmp_path):
 def test_console_entry_point_runs_as_a_process():
     done = subprocess.run([sys.executable, "-m", "pipelines", "--help"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and "features" in done.stdout
+
+
+def test_index_errors_are_one_line(tmp_path):
+    r = runner.invoke(app, ["index", "--out", str(tmp_path / "idx"), "--checkpoint", str(tmp_path / "nope"),
+                            "--catalog", str(tmp_path / "c.parquet")])
+    assert r.exit_code == 1 and "error: checkpoint not found" in r.output
+    r = runner.invoke(app, ["index", "--out", str(tmp_path / "idx"), "--checkpoint", str(tmp_path)])
+    assert r.exit_code == 1 and "needs --catalog" in r.output
+    r = runner.invoke(app, ["index", "--out", str(tmp_path / "idx"), "--checkpoint", str(tmp_path), "--catalog",
+                            str(tmp_path / "c.parquet"), "--max-memory", "lots"])
+    assert r.exit_code == 1 and "memory size" in r.output
+
+
+def test_parse_bytes():
+    from pipelines.index import parse_bytes
+
+    assert parse_bytes("8GB") == 8 << 30 and parse_bytes("512 mb") == 512 << 20 and parse_bytes("1.5T") == int(1.5 * (1 << 40))
+    assert parse_bytes("4096") == 4096 and parse_bytes(None) is None
+    with pytest.raises(ValueError):
+        parse_bytes("8 parsecs")
