@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 INDEX_FILES: dict[str, str] = {"product": "index.faiss", "image": "image.faiss", "title": "title.faiss"}
 RECALL_WARN = 0.95
+PROGRESS_MIN = 100_000  # show a build progress bar for indexes bigger than this
 
 
 @dataclass(frozen=True)
@@ -128,7 +129,7 @@ def build_kind_indexes(
             factory, reason, est = plan.factory, plan.reason, plan.estimated_bytes
         else:
             factory, reason, est = cfg.factory, "given with --factory", estimate_memory(cfg.factory, len(rows), dim)
-        index = build_index(vecs, ids, factory, seed=cfg.seed, use_gpu=cfg.use_gpu)
+        index = build_index(vecs, ids, factory, seed=cfg.seed, use_gpu=cfg.use_gpu, progress=len(rows) > PROGRESS_MIN)
         params, recall, curve = _measure(index, vecs, ids, queries[kind], cfg, None)
         save_index(index, out_dir / filename)
         info = KindIndexInfo(factory, params, int(index.ntotal), dim, recall, time.perf_counter() - start, reason, est, curve)
@@ -169,7 +170,7 @@ def update_kind_indexes(
             rebuilt = not supports_remove(index)
         if rebuilt:  # HNSW cannot delete: rebuild the graph from the stored vectors (no re-encoding)
             factory = prev["factory"] if prev else choose_factory(len(rows), vecs.shape[1], cfg.max_memory_bytes).factory
-            index = build_index(vecs, ids, factory, seed=cfg.seed, use_gpu=cfg.use_gpu)
+            index = build_index(vecs, ids, factory, seed=cfg.seed, use_gpu=cfg.use_gpu, progress=len(rows) > PROGRESS_MIN)
         else:
             factory = prev["factory"]
             if len(gone_ids):

@@ -165,7 +165,7 @@ def pretrain(
     max_minutes: Annotated[float | None, typer.Option(help="Stop after this many minutes (whichever comes first).")] = None,
     batch_size: Annotated[int, typer.Option(min=2)] = 64,
     grad_accum: Annotated[int, typer.Option(min=1)] = 1,
-    lr: Annotated[float, typer.Option()] = 5e-4,
+    lr: Annotated[float | None, typer.Option(help="Peak learning rate (default: tiny 1e-3, small 5e-4, base 1e-4).")] = None,
     warmup_steps: Annotated[int, typer.Option(min=0)] = 100,
     loss_weighting: Annotated[str, typer.Option(help="adaptive-grad | adaptive-softmax | fixed")] = "adaptive-grad",
     tasks: Annotated[str, typer.Option(help="Comma-separated subset of mlm,mpm,tia,itc.")] = "mlm,mpm,tia,itc",

@@ -35,7 +35,7 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
-from fashionbert.configuration import named_config
+from fashionbert.configuration import DEFAULT_LEARNING_RATES, named_config
 from fashionbert.encoder import FashionBert
 from fashionbert.modeling import FashionBertModel
 from fashionbert.pretraining import TASKS, PretrainCollator, PretrainCorpus, PretrainingTask, SubCategoryBatchSampler
@@ -64,7 +64,7 @@ class PretrainConfig:
     batch_size: int = 64
     group_size: int = 4
     grad_accum: int = 1
-    lr: float = 5e-4
+    lr: float | None = None  # None: the named config's default (DEFAULT_LEARNING_RATES)
     weight_decay: float = 0.01
     warmup_steps: int = 100
     clip_norm: float = 1.0
@@ -242,7 +242,8 @@ def pretrain(cfg: PretrainConfig, echo: Callable[[str], None] = print, progress:
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embeddings" not in n]
     no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embeddings" not in n)]
     optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr if cfg.lr is not None else DEFAULT_LEARNING_RATES.get(cfg.model_config, 5e-4),
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg))
 

@@ -352,3 +352,15 @@ def test_gpu_path_without_a_gpu(monkeypatch, data3k):
     assert any("cannot be built on the GPU" in str(w.message) for w in caught)
     assert fallback.ntotal == len(ids)
     assert recall_at_k(search(fallback, queries, 10, {"nprobe": 32})[1], exact_neighbours(db, ids, queries, 10)) > 0.99
+
+
+@pytest.mark.parametrize("factory", ["Flat", "HNSW32", "IVF64,Flat"])
+def test_search_scores_are_inner_products_whatever_the_graph_metric(data3k, factory):
+    """HNSW is built on L2 (better graphs on unit vectors); search still returns a.b scores."""
+    vectors, ids, queries = data3k
+    index = build_index(vectors, ids, factory, seed=0)
+    scores, found = search(index, queries[:20], 5, {"efSearch": 64} if factory.startswith("HNSW") else None)
+    by_id = dict(zip(ids.tolist(), vectors))
+    expected = np.array([[queries[i] @ by_id[j] for j in row] for i, row in enumerate(found.tolist())])
+    np.testing.assert_allclose(scores, expected, atol=1e-4)
+    assert (np.diff(scores, axis=1) <= 1e-6).all(), "best match first"
