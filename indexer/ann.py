@@ -35,7 +35,6 @@ from tqdm.auto import tqdm
 from indexer.ann_tuning import (
     FLAT_MAX_COUNT,
     HNSW_M,
-    HNSW_MAX_COUNT,
     MIN_POINTS_PER_CENTROID,
     NLIST_MAX,
     NLIST_MIN,
@@ -55,7 +54,7 @@ from indexer.ann_tuning import (
 )
 
 __all__ = [
-    "ADD_CHUNK", "EF_SEARCH_SWEEP", "FLAT_MAX_COUNT", "HNSW_M", "HNSW_MAX_COUNT", "MIN_POINTS_PER_CENTROID",
+    "ADD_CHUNK", "EF_SEARCH_SWEEP", "FLAT_MAX_COUNT", "HNSW_M", "MIN_POINTS_PER_CENTROID",
     "NLIST_MAX", "NLIST_MIN", "NORM_TOLERANCE", "PQ_DIVISORS", "AnnBudgetError", "AnnPlan", "TuneResult", "build_index",
     "choose_factory", "describe", "estimate_memory", "exact_neighbours", "load_index", "nlist_for",
     "recall_at_k", "remove_ids", "save_index", "search", "set_search_params", "supports_remove", "tune",
