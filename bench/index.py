@@ -63,6 +63,10 @@ def checkpoint_of(work: Path, catalog: Path, config: str, dim: int, given: Path 
     return out
 
 
+def fmt(x: float) -> str:
+    return f"{x:,.1f}" if x >= 10 else f"{x:.3f}"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--products", type=int, default=10_000)
@@ -100,8 +104,8 @@ def main() -> None:
     print("| stage | seconds | items | items/s | products/s |")
     print("|---|---:|---:|---:|---:|")
     for name, t in summary.stages.items():
-        print(f"| {name} | {t.seconds:.1f} | {t.items:,} {t.unit} | {t.rate:,.1f} | {n / t.seconds if t.seconds else float('nan'):,.1f} |")
-    print(f"| **end to end** (incl. model load, publish) | {total:.1f} | {n:,} product | | **{n / total:,.1f}** |")
+        print(f"| {name} | {t.seconds:.1f} | {t.items:,} {t.unit} | {fmt(t.rate)} | {fmt(n / t.seconds) if t.seconds else 'nan'} |")
+    print(f"| **end to end** (incl. model load, publish) | {total:.1f} | {n:,} product | | **{fmt(n / total)}** |")
     info = summary.infos["indexes"]["product"]
     print(f"\nproduct index: {info['factory']} {info['params']} recall@10 {info['recall_at_10']:.3f}")
     if args.json:
