@@ -110,19 +110,24 @@ def _measure(index, vectors: np.ndarray, ids: np.ndarray, queries: np.ndarray, c
     return result.params, result.recall_at_k, result.curve
 
 
+def _per_kind(ids_table: pa.Table, vectors: dict[str, np.ndarray]):
+    """(kind, file name, rows, vectors, ids) of each index of a version; an empty kind is skipped with a warning."""
+    ids_all = np.asarray(ids_table.column("faiss_id").to_numpy(), np.int64)
+    for kind, filename in INDEX_FILES.items():
+        rows = _rows_of(kind, ids_table)
+        if len(rows) == 0:
+            log.warning("index %s: no products to index (no readable images?); skipped", kind)
+            continue
+        yield kind, filename, rows, np.ascontiguousarray(vectors[kind][rows], np.float32), ids_all[rows]
+
+
 def build_kind_indexes(
     out_dir: Path, ids_table: pa.Table, vectors: dict[str, np.ndarray], queries: dict[str, np.ndarray], cfg: AnnConfig
 ) -> dict[str, KindIndexInfo]:
     """Build, tune and save the three indexes of a version; returns their manifest entries."""
-    ids_all = np.asarray(ids_table.column("faiss_id").to_numpy(), np.int64)
     out: dict[str, KindIndexInfo] = {}
-    for kind, filename in INDEX_FILES.items():
+    for kind, filename, rows, vecs, ids in _per_kind(ids_table, vectors):
         start = time.perf_counter()
-        rows = _rows_of(kind, ids_table)
-        vecs, ids = np.ascontiguousarray(vectors[kind][rows], np.float32), ids_all[rows]
-        if len(rows) == 0:
-            log.warning("index %s: no products to index (no readable images?); skipped", kind)
-            continue
         dim = vecs.shape[1]
         if cfg.factory == "auto":
             plan = choose_factory(len(rows), dim, cfg.max_memory_bytes)
@@ -154,16 +159,11 @@ def update_kind_indexes(
     ``ids_table``/``vectors`` describe the new version's live rows; ``new_rows`` are the rows
     that are new or replaced; ``gone_ids`` the faiss ids of removed or replaced products.
     """
-    ids_all = np.asarray(ids_table.column("faiss_id").to_numpy(), np.int64)
     out: dict[str, KindIndexInfo] = {}
-    for kind, filename in INDEX_FILES.items():
+    for kind, filename, rows, vecs, ids in _per_kind(ids_table, vectors):
         start = time.perf_counter()
-        rows = _rows_of(kind, ids_table)
-        vecs, ids = np.ascontiguousarray(vectors[kind][rows], np.float32), ids_all[rows]
         prev = live_infos.get(kind)
-        if len(rows) == 0:
-            continue
-        added = np.intersect1d(rows, new_rows)
+        added = np.isin(rows, new_rows)
         rebuilt = prev is None or not (live_dir / filename).is_file()
         if not rebuilt:
             index = load_index(live_dir / filename)
@@ -175,8 +175,8 @@ def update_kind_indexes(
             factory = prev["factory"]
             if len(gone_ids):
                 remove_ids(index, gone_ids)
-            if len(added):
-                index.add_with_ids(np.ascontiguousarray(vectors[kind][added], np.float32), ids_all[added])
+            if added.any():
+                index.add_with_ids(vecs[added], ids[added])
         if int(index.ntotal) != len(rows):
             raise RuntimeError(f"index {kind}: holds {index.ntotal} vectors after the update, expected {len(rows)}")
         params, recall, curve = _measure(index, vecs, ids, queries[kind], cfg, prev.get("params") if prev else None)

@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from fashionbert.configuration import SEGMENT_Q, SEGMENT_T, named_config
+from fashionbert.configuration import DEFAULT_LEARNING_RATES, SEGMENT_Q, SEGMENT_T, named_config
 from fashionbert.encoder import FashionBert
 from fashionbert.modeling import FashionBertModel
 from fashionbert.pretraining import PretrainCollator, PretrainCorpus, PretrainingTask, SubCategoryBatchSampler
@@ -154,6 +154,8 @@ def test_pretrain_writes_a_loadable_checkpoint_log_and_plot(data, tmp_path):
     with (tmp_path / "run" / "train_log.csv").open() as fh:
         rows = list(csv.DictReader(fh))
     assert [int(float(r["step"])) for r in rows] == [1, 2, 3, 4, 5, 6]
+    # no --lr: the named config's peak learning rate (tiny: 1e-3), reached after the warm-up
+    assert max(float(r["lr"]) for r in rows) == pytest.approx(DEFAULT_LEARNING_RATES["tiny"])
     # a step whose batch had nothing to score for a task has no weight for it: the rest sum to 1
     weights = [sum(float(r[f"w.{k}"]) for k in ("mlm", "mpm", "tia", "itc") if r[f"w.{k}"]) for r in rows]
     np.testing.assert_allclose(weights, 1.0, atol=1e-5)  # ω logged per step and on the simplex
