@@ -18,7 +18,7 @@ import numpy as np
 from fashionbert.encoder import FashionBert
 from fashionbert.product_vectors import PRESETS
 from indexer.catalog import read_catalog
-from indexer.embeddings import encode_batch, product_texts
+from indexer.embeddings import EmbedConfig, encode_batch, product_texts
 from indexer.feature_store import FeatureStore
 
 
@@ -35,8 +35,7 @@ def main() -> None:
         catalog, store = read_catalog(catalog_path, check_images="none"), FeatureStore(features)
         pids, titles, texts = catalog.product_ids, catalog.table.column("title").to_pylist(), product_texts(catalog)
         for s in range(0, len(pids), 64):
-            views = [np.stack([store.get(p, i) for i in store.image_indices(p)[:4]]) if store.image_indices(p) else None
-                     for p in pids[s : s + 64]]
+            views = [store.views(p, EmbedConfig().max_views) for p in pids[s : s + 64]]
             seeds.append(encode_batch(model, titles[s : s + 64], texts[s : s + 64], views, PRESETS["joint"])["product"])
         queries.append(model.encode_text([q for qs in catalog.table.column("queries").to_pylist() for q in qs or []], segment="Q"))
     args.out.mkdir(parents=True, exist_ok=True)

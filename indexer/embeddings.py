@@ -245,7 +245,7 @@ def embed_catalog(
             n_views: list[int] = []
             for b in range(s, e, config.batch_size):
                 rows = range(b, min(b + config.batch_size, e))
-                views = [_views(store, pids[r], config.max_views) for r in rows]
+                views = [store.views(pids[r], config.max_views) for r in rows]
                 n_views.extend(0 if v is None else len(v) for v in views)
                 vecs = encode_batch(model, [titles[r] for r in rows], [texts[r] for r in rows], views, config.spec, config.batch_size)
                 for kind in EMB_KINDS:
@@ -257,11 +257,6 @@ def embed_catalog(
         out_dir, len(catalog), model.config.itc_dim, n_shards, len(todo), time.perf_counter() - start,
         with_image=sum(1 for p in pids if store.image_indices(p)),
     )
-
-
-def _views(store: FeatureStore, product_id: str, max_views: int) -> np.ndarray | None:
-    idx = store.image_indices(product_id)[:max_views]
-    return np.stack([store.get(product_id, i) for i in idx]) if idx else None
 
 
 @dataclass

@@ -71,6 +71,11 @@ class FeatureStore:
         cols = (self.index.column(c).to_pylist() for c in ("image_fingerprint", "shard", "offset"))
         return {fp: (shard, off) for fp, shard, off in zip(*cols) if fp}
 
+    def views(self, product_id: str, limit: int | None = None) -> np.ndarray | None:
+        """[n_views, 64, D] features of a product's first ``limit`` extracted views; None when it has none."""
+        idx = self.image_indices(product_id)[:limit]
+        return np.stack([self.get(product_id, i) for i in idx]) if idx else None
+
     def image_indices(self, product_id: str) -> list[int]:
         """The extracted views of a product, ascending (empty when it has none)."""
         return list(self._images_of.get(product_id, ()))

@@ -142,7 +142,7 @@ def _reusable(
     return out
 
 
-def _resolve_device(device: str) -> torch.device:
+def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
@@ -206,7 +206,7 @@ def extract_catalog_features(
     torch.manual_seed(config.seed)
     input_size = PatchFeatureExtractor.backbone_input_size(config.mode, config.cell_size, config.crop_size)  # type: ignore[arg-type]
     backbone = build_backbone(config.encoder, config.weights_path, config.seed, input_size=input_size)
-    device = _resolve_device(config.device)
+    device = resolve_device(config.device)
     extractor = PatchFeatureExtractor(backbone, config.mode, config.cell_size, config.crop_size).to(device)
 
     plan = _plan(catalog, config.max_images_per_product)

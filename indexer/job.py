@@ -16,7 +16,7 @@ import logging
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +30,7 @@ from indexer.embeddings import (
     EMB_DIR, EMB_KINDS, META_DIR, EmbedConfig, EmbeddingShards, checkpoint_sha256, embed_catalog, faiss_ids,
 )
 from indexer.feature_store import FeatureStore
-from indexer.features import FeatureJobConfig, extract_catalog_features
+from indexer.features import FeatureJobConfig, extract_catalog_features, resolve_device
 from indexer.files import atomic_write, remove_leftovers, shard_name
 from indexer.ids_table import IDS_FILE, build_ids_table, row_positions
 from indexer.version_index import AnnConfig, build_kind_indexes, recall_queries, update_kind_indexes
@@ -101,16 +101,10 @@ def _file_identity(path: Path) -> list[object]:
     return [str(path.resolve()), st.st_size, st.st_mtime_ns]
 
 
-def _device(device: str) -> str:
-    import torch
-
-    return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
-
-
 def load_checkpoint(path: Path, device: str) -> tuple[FashionBert, str]:
     if not Path(path).is_dir():
         raise CheckpointError(f"checkpoint not found: {path}")
-    return FashionBert.from_pretrained(path, device=_device(device)), checkpoint_sha256(path)
+    return FashionBert.from_pretrained(path, device=resolve_device(device)), checkpoint_sha256(path)
 
 
 # ---------------------------------------------------------------------------- features
@@ -265,14 +259,11 @@ def gather_vectors(directory: Path, ids: pa.Table, kinds=EMB_KINDS) -> dict[str,
     shard, offset = row_positions(ids)
     out = {}
     for kind in kinds:
-        parts = np.zeros((len(shard), 0), np.float32)
-        for k in np.unique(shard):
-            arr = np.load(directory / EMB_DIR / kind / f"{shard_name(int(k))}.npy", mmap_mode="r")
-            if parts.shape[1] == 0:
-                parts = np.zeros((len(shard), arr.shape[1]), np.float32)
-            sel = shard == k
-            parts[sel] = arr[offset[sel]]
-        out[kind] = parts
+        arrays = {int(k): np.load(directory / EMB_DIR / kind / f"{shard_name(int(k))}.npy", mmap_mode="r") for k in np.unique(shard)}
+        dim = next(iter(arrays.values())).shape[1] if arrays else 0
+        out[kind] = np.zeros((len(shard), dim), np.float32)
+        for k, arr in arrays.items():
+            out[kind][shard == k] = arr[offset[shard == k]]
     return out
 
 
@@ -337,7 +328,7 @@ def update_index_version(cfg: IndexJobConfig, changes_path: Path) -> BuildSummar
     new_rows = np.arange(kept.num_rows, ids.num_rows)
     gone_ids = np.intersect1d(faiss_ids(sorted(gone)), np.asarray(old_ids.column("faiss_id").to_numpy(), np.int64))
     live = {"dir": live_dir, "infos": live_infos, "new_rows": new_rows, "gone_ids": gone_ids}
-    cfg_same = IndexJobConfig(**{**cfg.__dict__, "embed": embed_cfg})
+    cfg_same = replace(cfg, embed=embed_cfg)
     extra = {
         "mode": "update", "parent": live_dir.name, "changes": str(Path(changes_path).resolve()),
         "added": len(set(upsert_ids) - known), "replaced": len(set(upsert_ids) & known),

@@ -26,7 +26,7 @@ import pyarrow as pa
 
 from fashionbert.encoder import FashionBert
 from indexer.ann import build_index, load_index, remove_ids, save_index, set_search_params, supports_remove, tune
-from indexer.ann_tuning import choose_factory, estimate_memory
+from indexer.ann_tuning import choose_factory, estimate_memory, exact_neighbours, recall_at_k
 
 log = logging.getLogger(__name__)
 
@@ -99,8 +99,6 @@ def _measure(index, vectors: np.ndarray, ids: np.ndarray, queries: np.ndarray, c
     if len(queries) == 0:
         return {} if params is None else params, float("nan"), []
     if params is not None:
-        from indexer.ann_tuning import exact_neighbours, recall_at_k
-
         set_search_params(index, params)
         truth = exact_neighbours(vectors, ids, queries, 10)
         _, found = index.search(np.ascontiguousarray(queries, np.float32), 10)

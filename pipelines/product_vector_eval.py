@@ -25,15 +25,10 @@ from fashionbert.encoder import FashionBert
 from fashionbert.evaluation.protocols import rank_positives, recall_at
 from fashionbert.product_vectors import product_vector_spec
 from indexer.catalog import read_catalog
-from indexer.embeddings import encode_batch, product_texts
+from indexer.embeddings import EmbedConfig, encode_batch, product_texts
 from indexer.feature_store import FeatureStore
 
 KS = (1, 10, 100)
-
-
-def _views(store: FeatureStore, pid: str, limit: int = 4) -> np.ndarray | None:
-    idx = store.image_indices(pid)[:limit]
-    return np.stack([store.get(pid, i) for i in idx]) if idx else None
 
 
 def _block(ranks: np.ndarray) -> dict[str, float]:
@@ -55,7 +50,7 @@ def evaluate_product_vectors(
     catalog = read_catalog(catalog_path, check_images="none")
     store = FeatureStore(features_dir)
     pids, titles, texts = catalog.product_ids, catalog.table.column("title").to_pylist(), product_texts(catalog)
-    views = [_views(store, p) for p in pids]
+    views = [store.views(p, EmbedConfig().max_views) for p in pids]  # as the index encodes them
     # Text queries: the shopper queries of each product (titles when there are none).
     names = catalog.table.column_names
     queries = catalog.table.column("queries").to_pylist() if "queries" in names else [None] * len(pids)

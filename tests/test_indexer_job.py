@@ -248,3 +248,26 @@ def test_disk_full_during_a_build_leaves_previous_version_serving(data, tmp_path
     assert not list(out.rglob(".*.tmp*")), "no half-written file is left behind"
     subprocess.run(_cli(data, out, nightly), check=True, capture_output=True)
     assert IndexDir(out).current() == "v0002"
+
+
+def test_recall_below_target_warns(data, caplog):
+    from indexer.version_index import KindIndexInfo, _warn_recall
+
+    with caplog.at_level("WARNING"):
+        _warn_recall("product", KindIndexInfo("IVF64,PQ8x8", {"nprobe": 4}, 10, 32, 0.81, 0.1))
+        _warn_recall("title", KindIndexInfo("Flat", {}, 10, 32, 1.0, 0.1))
+    assert len(caplog.records) == 1 and "0.810 < 0.95" in caplog.text
+
+
+def test_product_vector_eval_scores_what_the_index_serves(data):
+    from pipelines.product_vector_eval import evaluate_product_vectors
+
+    features = next((data["out"] / "cache").glob("features-*"))
+    model = FashionBert.from_pretrained(data["ckpt"])
+    metrics = evaluate_product_vectors(model, data["catalog"], features, ("joint", "t2i"), echo=lambda s: None)
+    for preset in ("joint", "t2i"):
+        assert 0.0 <= metrics[f"products.{preset}.t2p.mrr"] <= 1.0
+        assert metrics[f"products.{preset}.t2p.recall@100"] == 1.0  # 24 products: everything is in the top 100
+    assert metrics["products.joint.t2p.mrr"] != metrics["products.t2i.t2p.mrr"]
+    # Every shopper query of the catalog is scored once.
+    assert metrics["products.joint.t2p.n_queries"] == sum(len(q) for q in pq.read_table(data["catalog"]).column("queries").to_pylist())
