@@ -150,11 +150,13 @@ class FashionBert:
         return self.model(**self.tokenize(texts[s], segment), patch_features=_as_tensor(patch_features[s], self.device))
 
     @torch.inference_mode()
-    def encode_products(self, titles: Sequence[str], patch_features: np.ndarray | torch.Tensor, batch_size: int = 128) -> np.ndarray:
-        """Joint title + image encoding: the default product vector of the index."""
+    def encode_products(self, titles: Sequence[str], patch_features: np.ndarray | torch.Tensor, batch_size: int = 128,
+                        segment: str = "T") -> np.ndarray:
+        """Joint text + image encoding: the default product vector of the index (titles, segment T),
+        and with segment Q a shopper's query together with their photo."""
         self._check_pairs(titles, patch_features)
         return self._vectors(self._batched(
-            len(titles), batch_size, lambda s: self.model.itc_embedding(self._joint(titles, patch_features, s, "T"))
+            len(titles), batch_size, lambda s: self.model.itc_embedding(self._joint(titles, patch_features, s, segment))
         ))
 
     @torch.inference_mode()

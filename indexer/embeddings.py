@@ -5,6 +5,8 @@ Layout (clip-retrieval's, so embedding-reader / autofaiss can read it)::
     emb/product/part-00000.npy   float32 [n, d]  the vector the index serves (joint or combo)
     emb/image/part-00000.npy     float32 [n, d]  image-only (mean of the views; zeros without image)
     emb/title/part-00000.npy     float32 [n, d]  title-only (segment T)
+    emb/patches/part-00000.npy   float16 [n, 64, D] the first view's patch features (zeros without
+                                 image): what the search API's cross-encoder re-ranker reads
     meta/part-00000.parquet      product_id, faiss_id, catalog_row, has_image, num_images
     embed_info.json              what the numbers depend on (checkpoint hash, spec, features)
 
@@ -36,6 +38,11 @@ from indexer.feature_store import FeatureStore
 from indexer.files import atomic_write, save_npy, shard_name
 
 EMB_KINDS: tuple[str, ...] = ("product", "image", "title")
+PATCHES = "patches"
+# Every row-aligned array of a shard: the three vector kinds and the re-ranker's patch features.
+# The features cache is per configuration and is pruned by later builds, so a version keeps its
+# own copy of what it needs to serve (memory-mapped by the API; hard-linked across updates).
+SHARD_ARRAYS: tuple[str, ...] = (*EMB_KINDS, PATCHES)
 EMBED_INFO = "embed_info.json"
 META_DIR = "meta"
 EMB_DIR = "emb"
@@ -96,7 +103,8 @@ class EmbedConfig:
     shard_size: int = 4096  # products per shard
 
     def fingerprint(self) -> dict[str, object]:
-        return {"spec": self.spec.to_dict(), "max_views": self.max_views, "shard_size": self.shard_size}
+        return {"spec": self.spec.to_dict(), "max_views": self.max_views, "shard_size": self.shard_size,
+                "arrays": list(SHARD_ARRAYS)}
 
 
 @dataclass
@@ -126,9 +134,14 @@ def encode_batch(
 
     A product without a readable image is still indexed: its product vector falls back
     to its text side and its image vector is zero (never matched: the image index skips it).
+    ``patches`` is each product's first view as float16 (zeros without an image).
     """
     n = len(titles)
     dim = model.config.itc_dim
+    patches = np.zeros((n, model.config.num_patches, model.config.patch_feature_dim), np.float16)
+    for i, v in enumerate(views):
+        if v is not None and len(v) > 0:
+            patches[i] = v[0]
     title_vecs = model.encode_text(list(titles), segment="T", batch_size=batch_size)
     with_img = [i for i in range(n) if views[i] is not None and len(views[i]) > 0]  # type: ignore[arg-type]
     flat = [v for i in with_img for v in views[i]]  # type: ignore[union-attr]
@@ -157,7 +170,7 @@ def encode_batch(
             tv = text_vecs[pos : pos + len(ts)]
             pos += len(ts)
             product[i] = combine(list(per_product.get(i, ())), list(tv), spec)
-    return {"product": product.astype(np.float32), "image": image, "title": title_vecs.astype(np.float32)}
+    return {"product": product.astype(np.float32), "image": image, "title": title_vecs.astype(np.float32), PATCHES: patches}
 
 
 def _plan_sha(catalog: Catalog, store: FeatureStore, max_views: int) -> str:
@@ -189,8 +202,8 @@ def shard_finished(out_dir: Path, k: int) -> bool:
 
 
 def write_embedding_shard(out_dir: Path, k: int, vectors: dict[str, np.ndarray], meta: pa.Table) -> None:
-    """Vectors first, the meta file last: its presence means the shard is complete."""
-    for kind in EMB_KINDS:
+    """Arrays first, the meta file last: its presence means the shard is complete."""
+    for kind in SHARD_ARRAYS:
         (out_dir / EMB_DIR / kind).mkdir(parents=True, exist_ok=True)
         save_npy(out_dir / EMB_DIR / kind / f"{shard_name(k)}.npy", vectors[kind])
     (out_dir / META_DIR).mkdir(parents=True, exist_ok=True)
@@ -241,18 +254,18 @@ def embed_catalog(
     with tqdm(total=total, unit="product", desc="embed", disable=not progress) as bar:
         for k in todo:
             s, e = k * config.shard_size, min((k + 1) * config.shard_size, len(catalog))
-            parts: dict[str, list[np.ndarray]] = {kind: [] for kind in EMB_KINDS}
+            parts: dict[str, list[np.ndarray]] = {kind: [] for kind in SHARD_ARRAYS}
             n_views: list[int] = []
             for b in range(s, e, config.batch_size):
                 rows = range(b, min(b + config.batch_size, e))
                 views = [store.views(pids[r], config.max_views) for r in rows]
                 n_views.extend(0 if v is None else len(v) for v in views)
                 vecs = encode_batch(model, [titles[r] for r in rows], [texts[r] for r in rows], views, config.spec, config.batch_size)
-                for kind in EMB_KINDS:
+                for kind in SHARD_ARRAYS:
                     parts[kind].append(vecs[kind])
                 bar.update(len(rows))
             meta = shard_meta(pids[s:e], [catalog.source_rows[r] for r in range(s, e)], n_views)
-            write_embedding_shard(out_dir, k, {kind: np.concatenate(parts[kind]) for kind in EMB_KINDS}, meta)
+            write_embedding_shard(out_dir, k, {kind: np.concatenate(parts[kind]) for kind in SHARD_ARRAYS}, meta)
     return EmbedResult(
         out_dir, len(catalog), model.config.itc_dim, n_shards, len(todo), time.perf_counter() - start,
         with_image=sum(1 for p in pids if store.image_indices(p)),

@@ -33,7 +33,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from fashionbert.vision import GRID, NUM_PATCHES, PatchFeatureExtractor, build_backbone, load_image_tensor
+from fashionbert.vision import GRID, Backbone, NUM_PATCHES, PatchFeatureExtractor, build_backbone, load_image_tensor
 from indexer.catalog import Catalog, ImageRef
 from indexer.files import atomic_write, save_npy, shard_name
 
@@ -148,6 +148,16 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+def build_extractor(config: FeatureJobConfig, device: torch.device | str = "cpu") -> tuple[PatchFeatureExtractor, Backbone]:
+    """The CNN + patching of ``config`` in eval mode, and its backbone's provenance: the indexer
+    and the search API's photo queries build it the same way, or a query photo's features would
+    not match the catalog's."""
+    torch.manual_seed(config.seed)
+    input_size = PatchFeatureExtractor.backbone_input_size(config.mode, config.cell_size, config.crop_size)  # type: ignore[arg-type]
+    backbone = build_backbone(config.encoder, config.weights_path, config.seed, input_size=input_size)
+    return PatchFeatureExtractor(backbone, config.mode, config.cell_size, config.crop_size).to(device).eval(), backbone
+
+
 def _write_shard(out_dir: Path, index: int, feats: np.ndarray, meta: pa.Table) -> None:
     base = out_dir / shard_name(index)
     atomic_write(base.with_suffix(".parquet"), lambda p: pq.write_table(meta, p))
@@ -203,11 +213,8 @@ def extract_catalog_features(
     """
     start = time.perf_counter()
     out_dir = Path(out_dir)
-    torch.manual_seed(config.seed)
-    input_size = PatchFeatureExtractor.backbone_input_size(config.mode, config.cell_size, config.crop_size)  # type: ignore[arg-type]
-    backbone = build_backbone(config.encoder, config.weights_path, config.seed, input_size=input_size)
     device = resolve_device(config.device)
-    extractor = PatchFeatureExtractor(backbone, config.mode, config.cell_size, config.crop_size).to(device)
+    extractor, backbone = build_extractor(config, device)
 
     plan = _plan(catalog, config.max_images_per_product)
     info = {

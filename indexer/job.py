@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 from fashionbert.encoder import CheckpointError, FashionBert
 from indexer.catalog import Catalog, read_catalog, validate_table
 from indexer.embeddings import (
-    EMB_DIR, EMB_KINDS, META_DIR, EmbedConfig, EmbeddingShards, checkpoint_sha256, embed_catalog, faiss_ids,
+    EMB_DIR, EMB_KINDS, META_DIR, SHARD_ARRAYS, EmbedConfig, EmbeddingShards, checkpoint_sha256, embed_catalog, faiss_ids,
 )
 from indexer.feature_store import FeatureStore
 from indexer.features import FeatureJobConfig, extract_catalog_features, resolve_device
@@ -295,7 +295,7 @@ def update_index_version(cfg: IndexJobConfig, changes_path: Path) -> BuildSummar
 
     # Reuse the live version's shards (hard links) and the same feature + embedding settings.
     for meta in sorted((live_dir / META_DIR).glob("part-*.parquet")):
-        for kind in EMB_KINDS:
+        for kind in SHARD_ARRAYS:
             name = f"{meta.stem}.npy"
             _link_or_copy(live_dir / EMB_DIR / kind / name, staging / EMB_DIR / kind / name)
         _link_or_copy(meta, staging / META_DIR / meta.name)
@@ -315,7 +315,7 @@ def update_index_version(cfg: IndexJobConfig, changes_path: Path) -> BuildSummar
         shards = EmbeddingShards.load(delta)
         for meta in sorted((delta / META_DIR).glob("part-*.parquet")):
             k = first_new_shard + int(meta.stem.split("-")[1])
-            for kind in EMB_KINDS:
+            for kind in SHARD_ARRAYS:
                 os.replace(delta / EMB_DIR / kind / f"{meta.stem}.npy", staging / EMB_DIR / kind / f"{shard_name(k)}.npy")
             os.replace(meta, staging / META_DIR / f"{shard_name(k)}.parquet")
         shutil.rmtree(delta, ignore_errors=True)

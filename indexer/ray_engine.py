@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 from fashionbert.vision import BACKBONES
 from indexer.catalog import Catalog, ImageRef, _image_refs
 from indexer.embeddings import (
-    EMB_KINDS, META_DIR, EmbedConfig, EmbedResult, _prepare, encode_batch, product_texts, shard_finished,
+    EMB_KINDS, META_DIR, PATCHES, SHARD_ARRAYS, EmbedConfig, EmbedResult, _prepare, encode_batch, product_texts, shard_finished,
     shard_meta, write_embedding_shard,
 )
 from indexer.features import FeatureJobConfig, _plan, _plan_fingerprint
@@ -132,13 +132,15 @@ class _EmbedActor:
             views.append(feats[pos : pos + len(ts)] if ts else None)  # type: ignore[index]
             pos += len(ts)
         dim = self.model.config.itc_dim
+        cfg = self.model.config
         vecs = (encode_batch(self.model, [r["title"] for r in rows], texts, views, self.ec.spec, self.ec.batch_size)
-                if rows else {k: np.zeros((0, dim), np.float32) for k in EMB_KINDS})
+                if rows else {**{k: np.zeros((0, dim), np.float32) for k in EMB_KINDS},
+                              PATCHES: np.zeros((0, cfg.num_patches, cfg.patch_feature_dim), np.float16)})
         return {
             "product_id": np.array([r["product_id"] for r in rows], dtype=object),
             "position": np.array([self.wanted[r["product_id"]] for r in rows], np.int64),
             "num_images": np.array([len(ts) for ts in decoded], np.int32),
-            **{k: vecs[k] for k in EMB_KINDS},
+            **{k: vecs[k] for k in SHARD_ARRAYS},
         }
 
 
@@ -243,12 +245,13 @@ def _run(ray: Any, catalog_path: Path, catalog: Catalog, checkpoint: Path, out_d
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
             for i, p in enumerate(batch["position"].tolist()):
                 if p not in results and p // size not in written:  # an identical duplicate row comes twice
-                    results[p] = (int(batch["num_images"][i]), {k: batch[k][i] for k in EMB_KINDS})
+                    results[p] = (int(batch["num_images"][i]), {k: batch[k][i] for k in SHARD_ARRAYS})
                     bar.update(1)
             while current is not None and all(p in results for p in range(current * size, min(current * size + size, n))):
                 s, e = current * size, min(current * size + size, n)
                 done = [results.pop(p) for p in range(s, e)]
-                vectors = {k: np.stack([d[1][k] for d in done]).astype(np.float32) for k in EMB_KINDS}
+                vectors = {k: np.stack([d[1][k] for d in done]).astype(np.float16 if k == PATCHES else np.float32)
+                           for k in SHARD_ARRAYS}
                 write_embedding_shard(out_dir, current, vectors, shard_meta(pids[s:e], rows[s:e], [d[0] for d in done]))
                 written.add(current)
                 current = next(shards, None)

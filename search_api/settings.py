@@ -1,0 +1,48 @@
+"""Service settings: one typed object, read from ``FASHIONBERT_*`` environment variables.
+
+Why pydantic-settings: ``fashionbert serve`` flags, a ``.env`` file and the container's
+environment all land in the same validated object, and ``uvicorn --workers N`` (which
+re-imports the app in each worker process) sees the same values through the environment.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="FASHIONBERT_", env_file=".env", extra="ignore")
+
+    # What to serve
+    index_dir: Path = Field(description="INDEX_DIR written by `fashionbert index` (the live version is INDEX_DIR/CURRENT)")
+    checkpoint: Path | None = Field(None, description="release checkpoint; default: the one the live version was built with")
+    device: str = Field("cpu", description="torch device for the encoder and the photo CNN (cpu, cuda, auto)")
+    torch_threads: int | None = Field(None, ge=1, description="intra-op threads for torch (default: torch's own)")
+
+    # Cache
+    redis_url: str | None = Field(None, description="redis://host:port/db; unset: an in-process LRU")
+    cache_ttl_s: float = Field(300.0, ge=0, description="seconds a cached response lives (0: no caching)")
+    cache_max_items: int = Field(10_000, ge=1)
+    redis_timeout_s: float = Field(0.05, gt=0, description="bound on every Redis call; slower means a miss")
+
+    # Requests
+    default_k: int = Field(20, ge=1, le=100)
+    max_k: int = Field(100, ge=1, le=1000)
+    max_query_chars: int = Field(256, ge=1)
+    max_image_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="uploads above this get 413")
+    default_rerank_depth: int = Field(20, ge=1)
+    max_rerank_depth: int = Field(100, ge=1)
+    rerank_weight: float = Field(0.5, ge=0, le=1, description="weight of the cross-encoder's TIA probability in the fused score")
+    candidate_multiplier: int = Field(1, ge=1, description="stage 1 fetches max(k, depth) x this many candidates")
+
+    # Micro-batching of the text encoder
+    batch_max_size: int = Field(32, ge=1, description="1 disables micro-batching")
+    batch_max_wait_ms: float = Field(2.0, ge=0)
+
+    # Operations
+    admin_token: SecretStr | None = Field(None, description="bearer token of POST /api/v1/admin/reload; unset: admin disabled")
+    reload_poll_s: float = Field(2.0, ge=0, description="how often INDEX_DIR/CURRENT is checked (0: only on admin reload)")
+    cors_origins: list[str] = Field(default_factory=list)

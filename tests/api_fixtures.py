@@ -1,0 +1,54 @@
+"""Shared data for the search API tests: a real tiny index built once per session.
+
+The index is built by the real indexer from the synthetic catalog (40 products, one with
+only corrupt images) with a random-init tiny checkpoint: search quality is meaningless
+here, behaviour is not. Tests that change the index directory work on a copy.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from indexer.job import build_index_version
+from search_api.app import create_app
+from search_api.settings import Settings
+from tests.indexer_fixtures import job, make_checkpoint, make_synthetic
+
+
+@dataclass(frozen=True)
+class ApiIndex:
+    data: Path
+    catalog: Path
+    checkpoint: Path
+    index_dir: Path
+
+    def copy(self, dest: Path) -> ApiIndex:
+        """A private copy of the index directory (same catalog and checkpoint)."""
+        shutil.copytree(self.index_dir, dest)
+        return ApiIndex(self.data, self.catalog, self.checkpoint, dest)
+
+
+@pytest.fixture(scope="session")
+def api_index(tmp_path_factory: pytest.TempPathFactory) -> ApiIndex:
+    root = tmp_path_factory.mktemp("api")
+    catalog = make_synthetic(root / "data", n=40)
+    checkpoint = make_checkpoint(catalog, root / "ckpt")
+    build_index_version(job(catalog, checkpoint, root / "idx"))
+    return ApiIndex(root / "data", catalog, checkpoint, root / "idx")
+
+
+def api_settings(index: ApiIndex, **overrides: object) -> Settings:
+    """Settings for tests: no background polling (tests reload explicitly), in-process cache."""
+    return Settings(**{"index_dir": index.index_dir, "reload_poll_s": 0, "admin_token": "s3cret", **overrides})  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def client(api_index: ApiIndex) -> Iterator[TestClient]:
+    with TestClient(create_app(api_settings(api_index)), raise_server_exceptions=False) as c:
+        yield c
