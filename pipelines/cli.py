@@ -277,6 +277,31 @@ def index(
 
 @app.command()
 @one_line_errors
+def serve(
+    index: Annotated[Path | None, typer.Option(help="INDEX_DIR of `fashionbert index` (or FASHIONBERT_INDEX_DIR).")] = None,
+    checkpoint: Annotated[Path | None, typer.Option(help="Checkpoint (default: the one the live version was built with).")] = None,
+    host: Annotated[str, typer.Option()] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535)] = 8000,
+    workers: Annotated[int, typer.Option(min=1, help="uvicorn worker processes.")] = 1,
+    redis_url: Annotated[str | None, typer.Option(help="redis://host:port/db for the response cache (default: in-process).")] = None,
+    device: Annotated[str | None, typer.Option(help="cpu | cuda | auto")] = None,
+    batch_max_size: Annotated[int | None, typer.Option(min=1, help="Micro-batch size of the text encoder (1: off).")] = None,
+    batch_max_wait_ms: Annotated[float | None, typer.Option(min=0, help="Longest a query waits for batch mates.")] = None,
+    log_level: Annotated[str, typer.Option()] = "info",
+) -> None:
+    """Serve the search API and the demo page. Every other setting: FASHIONBERT_* variables (see README).
+
+    Example: fashionbert serve --index index --port 8000
+             FASHIONBERT_ADMIN_TOKEN=... fashionbert serve --index index --redis-url redis://127.0.0.1:6379/0
+    """
+    from pipelines.serve import ServeOptions, run_serve
+
+    run_serve(ServeOptions(index, checkpoint, host, port, workers, redis_url, device, batch_max_size, batch_max_wait_ms,
+                           log_level), echo=typer.echo)
+
+
+@app.command()
+@one_line_errors
 def demo(
     workdir: Annotated[Path, typer.Option(help="Where the demo keeps its data (reused by the next run).")] = Path("fashionbert-demo"),
     train_products: Annotated[int, typer.Option(min=10)] = 2000,

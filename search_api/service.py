@@ -39,7 +39,8 @@ SIMILAR_BY = ("product", "image", "title")
 def product_dict(index: LoadedIndex, row: int) -> dict[str, Any]:
     """A catalog row as the API shows it: core fields, image URLs, every other column in ``extra``."""
     pid = index.value("product_id", row)
-    paths = index.value("image_paths", row) or []
+    # No readable image (every one failed to decode at indexing time): no links to broken files.
+    paths = (index.value("image_paths", row) or []) if index.has_image[row] else []
     urls = [f"/images/{quote(pid, safe='')}/{n}" for n, p in enumerate(paths) if p]
     price = index.columns.get("price", [None] * index.count)[row]
     sub = index.columns.get("sub_category")

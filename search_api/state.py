@@ -108,6 +108,8 @@ class ServingState:
         """Switch to CURRENT when it names another version (or ``force``); returns (version, changed)."""
         name = self.current_name()
         snap = self._snapshot
+        if snap is not None and name == snap.index.path.name:  # (back) on the live version: nothing is wrong
+            self._failed = self.last_error = None
         if snap is not None and not force and name in (snap.index.path.name, self._failed):
             return snap.index.version, False
         before = snap.index.path if snap else None

@@ -52,3 +52,44 @@ def api_settings(index: ApiIndex, **overrides: object) -> Settings:
 def client(api_index: ApiIndex) -> Iterator[TestClient]:
     with TestClient(create_app(api_settings(api_index)), raise_server_exceptions=False) as c:
         yield c
+
+
+class LiveServer:
+    """The app under a real uvicorn on a free loopback port, in a thread (real HTTP, real sockets)."""
+
+    def __init__(self, app, timeout_s: float = 60.0):
+        import socket
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.app = app
+        self.timeout_s = timeout_s
+
+    def __enter__(self) -> LiveServer:
+        import threading
+        import time
+
+        import httpx
+        import uvicorn
+
+        self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + self.timeout_s
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=1.0).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            if not self.thread.is_alive():
+                break
+            time.sleep(0.1)
+        self.server.should_exit = True
+        raise RuntimeError(f"the server on {self.url} did not become ready")
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
