@@ -134,6 +134,15 @@ def test_incremental_update_equals_a_full_rebuild(data, tmp_path):
     for pid in replaced + added:  # and the index answers with them
         _, found = index.search(vecs[pid][None], 1)
         assert found[0, 0] == faiss_id(pid)
+    # The re-ranker's patch features moved with the rows too (linked for kept rows, new for upserts).
+    def patches(version: Path) -> dict[str, np.ndarray]:
+        return {r["product_id"]: np.load(version / "emb" / "patches" / f"part-{r['shard']:05d}.npy")[r["offset"]]
+                for r in pq.read_table(version / "ids.parquet").to_pylist()}
+
+    updated, rebuilt = patches(new), patches(full.directory)
+    assert set(updated) == set(rebuilt)
+    for pid, p in rebuilt.items():
+        np.testing.assert_array_equal(updated[pid], p, err_msg=pid)
 
 
 def test_update_across_checkpoints_is_refused(data, tmp_path):

@@ -25,7 +25,7 @@ from fashionbert.synthetic import generate_catalog  # noqa: E402
 from fashionbert.text import train_tokenizer  # noqa: E402
 from indexer import ray_engine  # noqa: E402
 from indexer.catalog import read_catalog  # noqa: E402
-from indexer.embeddings import EMB_KINDS, EMBED_INFO, EmbedConfig, checkpoint_sha256, embed_catalog  # noqa: E402
+from indexer.embeddings import EMB_KINDS, PATCHES, EMBED_INFO, EmbedConfig, checkpoint_sha256, embed_catalog  # noqa: E402
 from indexer.feature_store import FeatureStore  # noqa: E402
 from indexer.features import FeatureJobConfig, extract_catalog_features  # noqa: E402
 from indexer.ray_engine import embed_catalog_ray  # noqa: E402
@@ -96,7 +96,7 @@ def test_ray_engine_writes_the_local_engines_shards_and_resumes(setup, ray_clust
     def files(d: Path) -> list[str]:
         return sorted(str(p.relative_to(d)) for p in d.rglob("part-*"))
 
-    assert files(root / "ray") == files(root / "local") and len(files(root / "local")) == 12
+    assert files(root / "ray") == files(root / "local") and len(files(root / "local")) == 15
     for k in range(3):
         name = f"part-{k:05d}"
         a = pq.read_table(root / "local" / "meta" / f"{name}.parquet")
@@ -106,6 +106,9 @@ def test_ray_engine_writes_the_local_engines_shards_and_resumes(setup, ray_clust
             va, vb = (np.load(d / "emb" / kind / f"{name}.npy") for d in (root / "local", root / "ray"))
             assert va.dtype == vb.dtype == np.float32 and va.shape == vb.shape == (8, 32)
             assert np.allclose(va, vb, atol=1e-4), (name, kind, np.abs(va - vb).max())
+        pa_, pb_ = (np.load(d / "emb" / PATCHES / f"{name}.npy") for d in (root / "local", root / "ray"))
+        assert pa_.dtype == pb_.dtype == np.float16 and pa_.shape == pb_.shape == (8, 64, 1280)
+        assert np.allclose(pa_.astype(np.float32), pb_.astype(np.float32), atol=2e-2), (name, np.abs(pa_ - pb_).max())
 
     meta = pq.read_table(root / "ray" / "meta").to_pylist()
     assert [m["product_id"] for m in meta] == pids  # catalog order
