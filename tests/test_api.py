@@ -262,3 +262,29 @@ def test_admin_reload_needs_the_token(client):
 def test_admin_is_disabled_without_a_configured_token(api_index):
     with TestClient(create_app(api_settings(api_index, admin_token=None)), raise_server_exceptions=False) as c:
         _error(c.post("/api/v1/admin/reload", headers={"Authorization": "Bearer anything"}), 401, "admin_disabled")
+
+
+def test_concurrent_queries_are_micro_batched_with_the_same_results(api_index):
+    """16 shoppers at once share encoder + FAISS calls, and get what they get one at a time."""
+    import asyncio
+
+    import httpx
+
+    from tests.api_fixtures import LiveServer
+
+    queries = [f"{c} {w}" for c in ("red", "black", "white", "blue") for w in ("dress", "bag", "boots", "skirt")]
+    settings = api_settings(api_index, batch_max_size=16, batch_max_wait_ms=50, cache_ttl_s=0)
+    with LiveServer(create_app(settings)) as server:
+        async def run() -> list[dict]:
+            async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
+                rs = await asyncio.gather(*(http.post("/api/v1/search", json={"query": q, "k": 5, "rerank": False})
+                                            for q in queries))
+            return [r.json() for r in rs]
+
+        together = asyncio.run(run())
+        stats = httpx.get(f"{server.url}/readyz").json()["model"]["batching"]
+        alone = [httpx.post(f"{server.url}/api/v1/search", json={"query": q, "k": 5, "rerank": False}).json() for q in queries]
+    assert stats["max_batch_seen"] >= 4 and stats["batches"] < stats["items"]
+    for a, b in zip(together, alone):
+        assert [h["product_id"] for h in a["results"]] == [h["product_id"] for h in b["results"]]
+        assert [h["retrieval_score"] for h in a["results"]] == pytest.approx([h["retrieval_score"] for h in b["results"]], abs=1e-4)
