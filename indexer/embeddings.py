@@ -7,7 +7,7 @@ Layout (clip-retrieval's, so embedding-reader / autofaiss can read it)::
     emb/title/part-00000.npy     float32 [n, d]  title-only (segment T)
     emb/patches/part-00000.npy   float16 [n, 64, D] the first view's patch features (zeros without
                                  image): what the search API's cross-encoder re-ranker reads
-    meta/part-00000.parquet      product_id, faiss_id, catalog_row, has_image, num_images
+    meta/part-00000.parquet      product_id, faiss_id, catalog_row, has_image, num_images, views
     embed_info.json              what the numbers depend on (checkpoint hash, spec, features)
 
 One product is one row in every file of a shard. The meta file is written last
@@ -210,13 +210,19 @@ def write_embedding_shard(out_dir: Path, k: int, vectors: dict[str, np.ndarray],
     atomic_write(out_dir / META_DIR / f"{shard_name(k)}.parquet", lambda p: pq.write_table(meta, p))
 
 
-def shard_meta(product_ids: Sequence[str], catalog_rows: Sequence[int], num_images: Sequence[int]) -> pa.Table:
+def shard_meta(product_ids: Sequence[str], catalog_rows: Sequence[int], num_images: Sequence[int],
+               views: Sequence[Sequence[int]] | None = None) -> pa.Table:
+    """``views``: each product's image indices that were encoded, in order (the first is the one
+    whose patch features the re-ranker reads); default ``0..num_images-1``."""
+    if views is None:
+        views = [list(range(n)) for n in num_images]
     return pa.table({
         "product_id": pa.array(list(product_ids), pa.string()),
         "faiss_id": pa.array(faiss_ids(product_ids), pa.int64()),
         "catalog_row": pa.array(list(catalog_rows), pa.int64()),
         "has_image": pa.array([n > 0 for n in num_images], pa.bool_()),
         "num_images": pa.array(list(num_images), pa.int32()),
+        "views": pa.array([list(v) for v in views], pa.list_(pa.int32())),
     })
 
 
@@ -264,7 +270,8 @@ def embed_catalog(
                 for kind in SHARD_ARRAYS:
                     parts[kind].append(vecs[kind])
                 bar.update(len(rows))
-            meta = shard_meta(pids[s:e], [catalog.source_rows[r] for r in range(s, e)], n_views)
+            meta = shard_meta(pids[s:e], [catalog.source_rows[r] for r in range(s, e)], n_views,
+                              [store.image_indices(pids[r])[: config.max_views] for r in range(s, e)])
             write_embedding_shard(out_dir, k, {kind: np.concatenate(parts[kind]) for kind in SHARD_ARRAYS}, meta)
     return EmbedResult(
         out_dir, len(catalog), model.config.itc_dim, n_shards, len(todo), time.perf_counter() - start,

@@ -26,6 +26,13 @@ def atomic_write(path: Path, writer: Callable[[Path], None]) -> None:
     try:
         writer(tmp)
         os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        # numpy reports a short write as "N requested and M written": say what it means.
+        error = OSError(f"could not write {path}: {exc.strerror or exc} (disk full or file size limit?); "
+                        "nothing was published, rerun to resume")
+        error.errno = exc.errno  # callers may still branch on ENOSPC / EFBIG
+        raise error from exc
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

@@ -5,7 +5,9 @@ ARCHITECTURE.md §3 asks) except inline image bytes, which are replaced by
 ``image_paths`` (absolute paths, empty for inline images) so a version stays
 small. It also records where the product's vectors live (``shard``,
 ``offset`` in ``emb/``), which is what an incremental update and an HNSW
-rebuild read instead of re-encoding.
+rebuild read instead of re-encoding, and which images were encoded (``views``,
+in order: the first is what the API's re-ranker and attention map read, and
+the API links only these, never an image that failed to decode).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import pyarrow as pa
 from indexer.catalog import Catalog
 
 IDS_FILE = "ids.parquet"
-VECTOR_COLUMNS = ("faiss_id", "has_image", "num_images", "shard", "offset")
+VECTOR_COLUMNS = ("faiss_id", "has_image", "num_images", "views", "shard", "offset")
 
 
 def _image_paths(value: list | None, root: Path) -> list[str]:
@@ -41,7 +43,8 @@ def build_ids_table(catalog: Catalog, meta: pa.Table) -> pa.Table:
     keep = [n for n in table.column_names if n not in ("images", "image_paths", *VECTOR_COLUMNS)]
     out = table.select(keep).append_column("image_paths", pa.array(paths, pa.list_(pa.string())))
     for name in VECTOR_COLUMNS:
-        out = out.append_column(name, meta.column(name))
+        if name in meta.column_names:  # "views" is absent from shards of older builds
+            out = out.append_column(name, meta.column(name))
     return out
 
 

@@ -96,7 +96,7 @@ class _EmbedActor:
             if len(good) == self.ec.max_views:
                 break
             try:
-                good.append(load_image_tensor(ref.open(), self.extractor.image_size))
+                good.append((ref.image_index, load_image_tensor(ref.open(), self.extractor.image_size)))
             except Exception:  # noqa: BLE001 - a corrupt image is data, not a crash
                 continue
         return good
@@ -124,7 +124,7 @@ class _EmbedActor:
             found = _image_refs(pid, r["images"], self.root)
             refs.append([f for f in found if allowed is None or f.image_index in allowed][: self.fc.max_images_per_product])
         decoded = list(self.pool.map(self._decode, refs))
-        flat = [t for ts in decoded for t in ts]
+        flat = [t for ts in decoded for _, t in ts]
         feats = self._features(flat) if flat else None
         views: list[np.ndarray | None] = []
         pos = 0
@@ -140,6 +140,7 @@ class _EmbedActor:
             "product_id": np.array([r["product_id"] for r in rows], dtype=object),
             "position": np.array([self.wanted[r["product_id"]] for r in rows], np.int64),
             "num_images": np.array([len(ts) for ts in decoded], np.int32),
+            "views": np.array([",".join(str(i) for i, _ in ts) for ts in decoded], dtype=object),
             **{k: vecs[k] for k in SHARD_ARRAYS},
         }
 
@@ -237,7 +238,7 @@ def _run(ray: Any, catalog_path: Path, catalog: Catalog, checkpoint: Path, out_d
         **per_actor,
     )
     pids, rows, size, n = catalog.product_ids, catalog.source_rows, embed_config.shard_size, len(catalog)
-    results: dict[int, tuple[int, dict[str, np.ndarray]]] = {}
+    results: dict[int, tuple[int, dict[str, np.ndarray], list[int]]] = {}
     written: set[int] = set()
     shards = iter(todo)
     current = next(shards, None)
@@ -245,14 +246,16 @@ def _run(ray: Any, catalog_path: Path, catalog: Catalog, checkpoint: Path, out_d
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
             for i, p in enumerate(batch["position"].tolist()):
                 if p not in results and p // size not in written:  # an identical duplicate row comes twice
-                    results[p] = (int(batch["num_images"][i]), {k: batch[k][i] for k in SHARD_ARRAYS})
+                    views = [int(v) for v in str(batch["views"][i]).split(",") if v]
+                    results[p] = (int(batch["num_images"][i]), {k: batch[k][i] for k in SHARD_ARRAYS}, views)
                     bar.update(1)
             while current is not None and all(p in results for p in range(current * size, min(current * size + size, n))):
                 s, e = current * size, min(current * size + size, n)
                 done = [results.pop(p) for p in range(s, e)]
                 vectors = {k: np.stack([d[1][k] for d in done]).astype(np.float16 if k == PATCHES else np.float32)
                            for k in SHARD_ARRAYS}
-                write_embedding_shard(out_dir, current, vectors, shard_meta(pids[s:e], rows[s:e], [d[0] for d in done]))
+                write_embedding_shard(out_dir, current, vectors, shard_meta(pids[s:e], rows[s:e], [d[0] for d in done],
+                                                                            [d[2] for d in done]))
                 written.add(current)
                 current = next(shards, None)
     if current is not None:

@@ -78,6 +78,8 @@ class LoadedIndex:
         self.shard = np.asarray(table.column("shard").to_numpy(), np.int64)
         self.offset = np.asarray(table.column("offset").to_numpy(), np.int64)
         self.has_image = np.asarray(table.column("has_image").to_numpy(zero_copy_only=False), bool)
+        if "views" not in self.columns:  # a version built before views were recorded: assume the first ones
+            self.columns["views"] = [list(range(n)) for n in self.columns["num_images"]]
         self._row_of_faiss = {int(f): i for i, f in enumerate(self.faiss_ids)}
         self.row_of_product = {p: i for i, p in enumerate(self.columns["product_id"])}
 
@@ -163,11 +165,16 @@ class LoadedIndex:
     def value(self, column: str, row: int) -> Any:
         return self.columns[column][row]
 
-    def image_path(self, row: int, n: int) -> Path | None:
-        """The n-th image file of a row when it is a file under an allowed root (else None)."""
+    def image_views(self, row: int) -> list[int]:
+        """Image positions of a row that were encoded (readable), first = the re-ranker's view."""
         paths = self.columns["image_paths"][row] or []
-        if not 0 <= n < len(paths) or not paths[n]:
+        return [n for n in (self.columns["views"][row] or []) if 0 <= n < len(paths) and paths[n]]
+
+    def image_path(self, row: int, n: int) -> Path | None:
+        """The n-th image file of a row when it was encoded and is a file under an allowed root (else None)."""
+        if n not in self.image_views(row):
             return None
+        paths = self.columns["image_paths"][row]
         path = Path(paths[n]).resolve()
         if not any(path.is_relative_to(root) for root in self.image_roots):
             return None

@@ -58,9 +58,8 @@ class Stage1:
 def product_dict(index: LoadedIndex, row: int) -> dict[str, Any]:
     """A catalog row as the API shows it: core fields, image URLs, every other column in ``extra``."""
     pid = index.value("product_id", row)
-    # No readable image (every one failed to decode at indexing time): no links to broken files.
-    paths = (index.value("image_paths", row) or []) if index.has_image[row] else []
-    urls = [f"/images/{quote(pid, safe='')}/{n}" for n, p in enumerate(paths) if p]
+    # Only images that decoded at indexing time, first the one the re-ranker and heatmap read.
+    urls = [f"/images/{quote(pid, safe='')}/{n}" for n in index.image_views(row)]
     price = index.columns.get("price", [None] * index.count)[row]
     sub = index.columns.get("sub_category")
     return {
@@ -137,6 +136,8 @@ class SearchService:
         if query is None:
             return None
         query = " ".join(query.split())
+        if not query.isascii() and any("\ud800" <= c <= "\udfff" for c in query):  # JSON "\ud800": not text
+            raise Unprocessable("query contains an unpaired UTF-16 surrogate (not valid Unicode text)", field="query")
         if len(query) > self.settings.max_query_chars:
             raise Unprocessable(f"query is {len(query)} characters; the limit is {self.settings.max_query_chars}", field="query",
                                 code="query_too_long")
@@ -236,7 +237,11 @@ class SearchService:
             rerank_scores = {int(r): float(p) for r, p in zip(pictured, probs)}
             w = self.settings.rerank_weight
             stage1 = (retrieval[: len(top)] + 1.0) / 2.0  # cosine -> [0, 1], the TIA probability's scale
-            fused = np.array([w * rerank_scores.get(int(r), s) + (1 - w) * s for r, s in zip(top, stage1)])
+            # A candidate without a readable image cannot be judged: it gets the average verdict of
+            # this query's candidates, so it neither jumps ahead of nor falls behind judged ones.
+            neutral = float(np.mean(probs)) if len(probs) else None
+            fused = np.array([w * rerank_scores.get(int(r), s if neutral is None else neutral) + (1 - w) * s
+                              for r, s in zip(top, stage1)])
             head = np.argsort(-fused, kind="stable")
             order = np.concatenate([head, np.arange(len(top), len(rows))])
             final = np.concatenate([fused, (retrieval[len(top):] + 1.0) / 2.0 * (1 - w)])

@@ -1,7 +1,7 @@
 """Shared data for the search API tests: a real tiny index built once per session.
 
-The index is built by the real indexer from the synthetic catalog (40 products, one with
-only corrupt images) with a random-init tiny checkpoint: search quality is meaningless
+The index is built by the real indexer from the synthetic catalog (40 products: row 5 has
+only corrupt images, row 7 a corrupt first image) with a random-init tiny checkpoint: search quality is meaningless
 here, behaviour is not. Tests that change the index directory work on a copy.
 """
 
@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 from fastapi.testclient import TestClient
 
@@ -38,6 +39,10 @@ class ApiIndex:
 def api_index(tmp_path_factory: pytest.TempPathFactory) -> ApiIndex:
     root = tmp_path_factory.mktemp("api")
     catalog = make_synthetic(root / "data", n=40)
+    # Row 7: its first photo is corrupt, the others are fine (the API must link and use image 1 on).
+    first = pq.read_table(catalog).column("images").to_pylist()[7]
+    assert len(first) >= 2
+    (root / "data" / first[0]).write_bytes(b"\x89PNG\r\n\x1a\n broken")
     checkpoint = make_checkpoint(catalog, root / "ckpt")
     build_index_version(job(catalog, checkpoint, root / "idx"))
     return ApiIndex(root / "data", catalog, checkpoint, root / "idx")

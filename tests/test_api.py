@@ -80,9 +80,10 @@ def test_rerank_orders_by_the_fused_score_and_off_orders_by_retrieval(client, ap
     assert on["reranked"] is True
     fused = [h["score"] for h in on["results"]]
     assert fused == sorted(fused, reverse=True)
-    for h in on["results"]:
-        if h["rerank_score"] is not None:
-            assert h["score"] == pytest.approx(w * h["rerank_score"] + (1 - w) * (h["retrieval_score"] + 1) / 2, abs=1e-5)
+    judged = [h["rerank_score"] for h in on["results"] if h["rerank_score"] is not None]
+    for h in on["results"]:  # k == depth: every result was a re-rank candidate
+        tia = h["rerank_score"] if h["rerank_score"] is not None else np.mean(judged)  # no photo: the average verdict
+        assert h["score"] == pytest.approx(w * tia + (1 - w) * (h["retrieval_score"] + 1) / 2, abs=1e-5)
     assert {h["product_id"] for h in on["results"]} == {h["product_id"] for h in off["results"]}
     # all weight on the cross encoder: the order is its order (here not the retrieval order)
     with TestClient(create_app(api_settings(api_index, rerank_weight=1.0)), raise_server_exceptions=False) as c:
@@ -197,9 +198,25 @@ def test_bad_requests_are_clear_4xx(client, api_index):
 def test_a_product_without_a_readable_image(client, api_index):
     broken = _catalog_rows(api_index)[5]["product_id"]  # indexer_fixtures.make_synthetic corrupts its images
     product = client.get(f"/api/v1/products/{broken}").json()
-    assert product["image_url"] is None  # never a link to a file that does not decode
+    assert product["image_url"] is None and product["image_urls"] == []  # never a link to a file that does not decode
+    _error(client.get(f"/images/{broken}/0"), 404, "unknown_image")  # the corrupt file is there, but not served
     _error(client.get(f"/api/v1/products/{broken}/similar", params={"by": "image"}), 422, "no_image")
     _error(client.get(f"/api/v1/products/{broken}/attention", params={"query": "bag"}), 422, "no_image")
+
+
+def test_a_corrupt_first_photo_is_skipped_everywhere(client, api_index):
+    """Row 7's first photo is corrupt: its links, the re-ranker's view and the heatmap's photo start at image 1."""
+    row = _catalog_rows(api_index)[7]
+    pid = row["product_id"]
+    product = client.get(f"/api/v1/products/{pid}").json()
+    assert product["image_url"] == f"/images/{pid}/1"
+    assert product["image_urls"] == [f"/images/{pid}/{n}" for n in range(1, min(len(row["images"]), 5))]
+    _error(client.get(f"/images/{pid}/0"), 404, "unknown_image")
+    assert client.get(f"/images/{pid}/1").content == _image_bytes(api_index, pid, 1)
+    att = client.get(f"/api/v1/products/{pid}/attention", params={"query": "dress"}).json()
+    assert att["image_url"] == f"/images/{pid}/1"
+    store = FeatureStore(next((api_index.index_dir / "cache").glob("features-*")))
+    assert store.image_indices(pid)[0] == 1  # the re-ranker's view (emb/patches) is that photo's features
 
 
 def test_oversize_images_get_413(api_index):

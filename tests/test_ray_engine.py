@@ -34,7 +34,7 @@ TINY = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermed
 # Small grid cells (128 px images) keep the CNN cheap; 3 planned images, 2 views per product.
 FEATURES = FeatureJobConfig(cell_size=16, batch_size=4, num_workers=0, max_images_per_product=3, device="cpu")
 EMBED = EmbedConfig(max_views=2, batch_size=8, shard_size=8)
-META_COLUMNS = ["product_id", "faiss_id", "catalog_row", "has_image", "num_images"]
+META_COLUMNS = ["product_id", "faiss_id", "catalog_row", "has_image", "num_images", "views"]
 
 
 @pytest.fixture(scope="module")
