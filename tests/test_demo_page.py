@@ -4,8 +4,10 @@ The app runs under a real uvicorn on a loopback port (the browser needs real HTT
 shared tiny index; Playwright drives the page like a shopper: the category filter is filled
 from the API, a text search shows image cards with per-stage timings, a card opens the
 query->patch attention heatmap and similar products, a category search only shows that
-category, a photo search works, and an API error reaches the error banner. The full-page
-screenshot of the page with the heatmap open is written to docs/demo.png.
+category, a photo search works, and an API error reaches the error banner. A full-page
+screenshot of the page with the heatmap open is taken; it is also copied to the path in
+FASHIONBERT_DEMO_SCREENSHOT when set (docs/demo.png is made that way), so a test run never
+changes tracked files.
 
 Skipped when Chromium or Playwright is missing, unless FASHIONBERT_REQUIRE_BROWSER=1 (CI),
 where that is a failure.
@@ -25,7 +27,7 @@ from search_api.app import create_app
 from tests.api_fixtures import ApiIndex, LiveServer, api_index, api_settings  # noqa: F401 - fixture
 
 STATIC = Path(__file__).resolve().parents[1] / "search_api" / "static"
-SCREENSHOT = Path(__file__).resolve().parents[1] / "docs" / "demo.png"
+SCREENSHOT_COPY = os.environ.get("FASHIONBERT_DEMO_SCREENSHOT")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 TIMEOUT_MS = 20_000
@@ -168,10 +170,13 @@ def _drive(page, url: str, categories: dict, version: str, too_long: str, expect
                                     "return [a.width, a.height, b.width, b.height, a.left - b.left, a.top - b.top]; }")
     assert overlay[0] > 100 and abs(overlay[0] - overlay[2]) < 1 and abs(overlay[1] - overlay[3]) < 1, overlay
     assert abs(overlay[4]) < 1 and abs(overlay[5]) < 1, overlay
-    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+    shot = tmp_path / "demo.png"
     page.wait_for_timeout(300)  # the overlay's fade-in
-    page.screenshot(path=str(SCREENSHOT), full_page=True)
-    assert SCREENSHOT.stat().st_size > 20_000
+    page.screenshot(path=str(shot), full_page=True)
+    assert shot.stat().st_size > 20_000
+    if SCREENSHOT_COPY:
+        Path(SCREENSHOT_COPY).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(shot, SCREENSHOT_COPY)
     page.keyboard.press("Escape")
     page.wait_for_selector("#detail", state="hidden")
 
