@@ -7,8 +7,9 @@ Hypothesis cases, each valid and invalid (wrong types, missing or extra fields, 
 types, methods the path does not have). They go in-process over ASGI to the real app on the
 real tiny index of ``tests/api_fixtures.py``, and every response must
 
-* not be a 5xx (``not_a_server_error``; the app answers an unhandled exception with a JSON
-  500, so a crash anywhere in ``search_api`` fails here);
+* not be a 5xx (``not_a_server_error``). A crash anywhere in ``search_api`` fails too: the app
+  answers it with a JSON 500 and Starlette re-raises it, which the in-process transport
+  passes on to the test as the exception itself, with a curl line to reproduce it;
 * when it is a 4xx, be JSON of the form ``{"error": {"code": str, "message": str,
   "field": str | null}}`` (``error_body_is_json``), the one error shape clients parse;
 * conform to the schema's declared content types and response schemas (the routes that
@@ -124,7 +125,8 @@ def _variant(case, **changes):
 
 def _pick(case, items: list):
     """One of ``items``, chosen by the case itself (a replayed or shrunk case chooses the same)."""
-    body = case.body if isinstance(case.body, (dict, list, str, bytes, int, float, bool, type(None))) else None  # not NOT_SET's repr (an address)
+    # No body is NOT_SET, whose repr carries a memory address: it would change the choice between runs.
+    body = case.body if isinstance(case.body, (dict, list, str, bytes, int, float, bool, type(None))) else None
     return items[zlib.crc32(repr((case.method, case.path_parameters, case.query, body)).encode()) % len(items)]
 
 
