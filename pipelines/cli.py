@@ -310,14 +310,25 @@ def demo(
     encoder: Annotated[str, typer.Option()] = "efficientnet_lite0",
     mode: Annotated[str, typer.Option()] = "grid",
     workers: Annotated[int | None, typer.Option(min=1)] = None,
+    minutes: Annotated[float, typer.Option(min=0.05, help="Pretraining budget in minutes.")] = 10.0,
+    steps: Annotated[int, typer.Option(min=1, help="Pretraining step cap.")] = 2000,
+    eval_queries: Annotated[int, typer.Option(min=1, help="random-100 queries per direction.")] = 300,
+    serve: Annotated[bool, typer.Option("--serve/--no-serve", help="Serve the API and demo page at the end.")] = True,
+    host: Annotated[str, typer.Option()] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535)] = 8000,
 ) -> None:
-    """Run the main job on the embedded default: synthetic catalog -> patch features.
+    """The main job on the embedded default, end to end: synthetic catalogs -> patch features ->
+    pretrain the tiny model (bounded by --minutes) -> evaluate on the held-out split -> index
+    -> serve the API and demo page. A second run reuses every stage and serves in seconds.
 
-    Example: fashionbert demo            (then look in ./fashionbert-demo)
+    Example: fashionbert demo                 (then open http://127.0.0.1:8000/)
+             fashionbert demo --minutes 3 --no-serve
     """
     from pipelines.demo import DemoConfig, run_demo
 
-    result = run_demo(DemoConfig(workdir, train_products, test_products, seed, encoder, mode, workers), echo=typer.echo)
+    config = DemoConfig(workdir, train_products, test_products, seed, encoder, mode, workers, minutes=minutes, steps=steps,
+                        eval_queries=eval_queries, serve=serve, host=host, port=port)
+    result = run_demo(config, echo=typer.echo)
     typer.echo(result.summary())
 
 

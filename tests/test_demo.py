@@ -6,11 +6,16 @@ import numpy as np
 
 from fashionbert.text import load_tokenizer
 from indexer.feature_store import FeatureStore
+from indexer.versions import IndexDir
 from pipelines.demo import DemoConfig, run_demo
 
+TINY = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128, itc_dim=32)
 
-def test_demo_builds_catalogs_tokenizer_and_features_then_reuses_them(tmp_path):
-    config = DemoConfig(workdir=tmp_path / "demo", train_products=16, test_products=8, workers=1, feature_workers=0, shard_size=16)
+
+def test_demo_runs_every_stage_then_reuses_them(tmp_path):
+    config = DemoConfig(workdir=tmp_path / "demo", train_products=24, test_products=12, workers=1, feature_workers=0,
+                        shard_size=16, minutes=1.0, steps=4, batch_size=8, eval_queries=6, serve=False,
+                        model_overrides=TINY)
     lines: list[str] = []
     first = run_demo(config, echo=lines.append)
     assert set(first.catalogs) == {"train", "test"}
@@ -21,10 +26,18 @@ def test_demo_builds_catalogs_tokenizer_and_features_then_reuses_them(tmp_path):
         assert np.isfinite(store.load_all().astype(np.float32)).all()
     tokenizer = load_tokenizer(first.tokenizer)
     assert tokenizer.tokenize("红色") == ["红", "色"]
+    assert (first.checkpoint / "model.safetensors").is_file()
+    assert {"random100.sum_r", "full.t2i.recall@10"} <= set(first.metrics)
+    assert any("| " in line for line in lines), "the evaluation table is printed"
+    assert IndexDir(first.index_dir).current() == "v0001"
+    assert len(first.examples) == 3 and all(len(titles) == 3 for _, titles in first.examples)
     assert "demo: done" in first.summary() and str(first.features["test"].out_dir) in first.summary()
 
     lines.clear()
     second = run_demo(config, echo=lines.append)
     assert all(f.computed_shards == 0 for f in second.features.values())
     assert any("reusing" in line and "catalog.parquet" in line for line in lines)
-    assert any(line.startswith("tokenizer: reusing") for line in lines)
+    for stage in ("tokenizer", "pretrain", "eval", "index"):
+        assert any(line.startswith(f"{stage}: reusing") for line in lines), stage
+    assert IndexDir(second.index_dir).current() == "v0001"  # nothing was rebuilt
+    assert second.metrics == first.metrics and second.examples == first.examples
