@@ -75,11 +75,12 @@ EF_SEARCH_SWEEP = (16, 32, 64, 128, 256, 512, 1024)
 
 
 @contextmanager
-def _omp_threads(threads: int | None) -> Iterator[None]:
+def omp_threads(threads: int | None) -> Iterator[None]:
     """Run a block with ``threads`` OpenMP threads, then restore the previous setting.
 
-    FAISS's thread count is process-global; changing it only for the duration of one call keeps
-    a library function from surprising the rest of the process (e.g. a web server)."""
+    OpenMP's thread count is a setting of the calling thread (shared with torch, which uses the
+    same runtime); changing it only for the duration of one call keeps a library function from
+    surprising the rest of the thread (e.g. a web server's model thread)."""
     if threads is None:
         yield
         return
@@ -177,7 +178,7 @@ def build_index(vectors: np.ndarray, ids: np.ndarray, factory: str, *, seed: int
     else:
         index = faiss.IndexIDMap2(inner)  # keeps a Python reference to `inner`, which it wraps
 
-    with _omp_threads(threads):
+    with omp_threads(threads):
         work, gpu_clustering = index, None
         if ivf is not None and _want_gpu(use_gpu):
             try:
@@ -248,7 +249,7 @@ def search(index: faiss.Index, queries: np.ndarray, k: int, params: dict[str, in
         raise ValueError(f"k must be >= 1, got {k}")
     if params:
         set_search_params(index, params)
-    with _omp_threads(threads):
+    with omp_threads(threads):
         scores, found = index.search(_as_f32(queries), int(k))
     return to_inner_product(index, scores), found.astype(np.int64, copy=False)
 
@@ -319,7 +320,7 @@ def tune(index: faiss.Index, vectors: np.ndarray, ids: np.ndarray, queries: np.n
     curve: list[dict] = []
     chosen: tuple[dict[str, int], float] | None = None
     best: tuple[dict[str, int], float] | None = None
-    with _omp_threads(threads):
+    with omp_threads(threads):
         for value in values:
             params = {} if name is None else {name: int(value)}
             set_search_params(index, params)

@@ -60,13 +60,13 @@ def product_dict(index: LoadedIndex, row: int) -> dict[str, Any]:
     pid = index.value("product_id", row)
     # Only images that decoded at indexing time, first the one the re-ranker and heatmap read.
     urls = [f"/images/{quote(pid, safe='')}/{n}" for n in index.image_views(row)]
-    price = index.columns.get("price", [None] * index.count)[row]
-    sub = index.columns.get("sub_category")
+    prices, subs = index.columns.get("price"), index.columns.get("sub_category")
+    price = prices[row] if prices is not None else None
     return {
         "product_id": pid,
         "title": index.value("title", row),
         "category": index.value("category", row),
-        "sub_category": sub[row] if sub is not None else None,
+        "sub_category": subs[row] if subs is not None else None,
         "price": float(price) if price is not None else None,
         "image_url": urls[0] if urls else None,
         "image_urls": urls,
