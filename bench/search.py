@@ -330,6 +330,57 @@ class Server:
         return sc
 
 
+WRK_LATENCY = re.compile(r"^\s+(50|99)(?:\.0+)?%\s+([\d.]+)(us|ms|s)\s*$", re.M)
+WRK_REQUESTS = re.compile(r"(\d+) requests in ([\d.]+)(us|ms|s|m)")
+_UNIT_MS = {"us": 1e-3, "ms": 1.0, "s": 1000.0, "m": 60_000.0}
+
+
+def wrk_run(name: str, server: str, url: str, bodies: list[dict], concurrency: int, seconds: float) -> Scenario | None:
+    """The same POSTs from wrk (C, about 0.05 ms of CPU per request, so the load generator does not
+    compete with the server for this machine's 2 cores as an httpx client does). Each connection
+    walks its own slice of ``bodies``, so with distinct queries every request is a cache miss
+    (until a connection wraps around its slice)."""
+    import shutil
+    import tempfile
+
+    if shutil.which("wrk") is None:
+        return None
+    threads = min(concurrency, 2)
+    lua = ["local bodies = {"] + ["[==[" + json.dumps(b, ensure_ascii=False) + "]==]," for b in bodies] + ["}"]
+    lua += [
+        'wrk.method = "POST"',
+        'wrk.headers["Content-Type"] = "application/json"',
+        "counter, offset = 0, 0  -- globals of each thread's state; setup() sets offset per thread",
+        "hits = 0",
+        "local ids, threads = 0, {}",
+        "function setup(thread) ids = ids + 1; table.insert(threads, thread); "
+        "thread:set('offset', (ids - 1) * math.floor(#bodies / " + str(threads) + ")) end",
+        "function response(status, headers, body) if body:sub(1, 15) == '{\"cached\":true' then hits = hits + 1 end end",
+        "function done(summary, latency, requests) local n = 0; for _, t in ipairs(threads) do n = n + t:get('hits') end; "
+        "io.write(string.format('cache_hits %d\\n', n)) end",
+        "function request() counter = counter + 1; "
+        "return wrk.format(nil, '/api/v1/search', nil, bodies[((offset + counter - 1) % #bodies) + 1]) end",
+    ]
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as fh:
+        fh.write("\n".join(lua))
+        script = fh.name
+    try:
+        out = subprocess.run(["wrk", "-t", str(threads), "-c", str(concurrency), "-d", f"{seconds:.0f}s", "--latency",
+                              "-s", script, url], capture_output=True, text=True, timeout=seconds + 60).stdout
+    finally:
+        os.unlink(script)
+    lat = {int(q): float(v) * _UNIT_MS[u] for q, v, u in WRK_LATENCY.findall(out)}
+    m = WRK_REQUESTS.search(out)
+    if not m or 50 not in lat:
+        print(f"wrk output not understood:\n{out}", flush=True)
+        return None
+    n, wall = int(m.group(1)), float(m.group(2)) * _UNIT_MS[m.group(3)] / 1000
+    errors = sum(int(x) for x in re.findall(r"Non-2xx or 3xx responses: (\d+)", out))
+    hits = int(re.search(r"cache_hits (\d+)", out).group(1)) if "cache_hits" in out else -1
+    return Scenario(name, server, concurrency, n, lat[50], lat.get(99, float("nan")), float("nan"), n / wall, wall,
+                    errors, cached={"true": hits, "false": n - hits}, extra={"client": "wrk"})
+
+
 def batch_histogram(before: str, after: str) -> dict:
     """Delta of ``fashionbert_encoder_batch_size`` between two /metrics scrapes."""
     def parse(text: str) -> dict[str, float]:
@@ -437,6 +488,10 @@ def main() -> None:
     ap.add_argument("--ready-timeout", type=float, default=600.0)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--no-wrk", dest="wrk", action="store_false",
+                    help="skip the wrk runs (by default, when wrk is installed, the text scenarios also run from wrk)")
+    ap.add_argument("--wrk-seconds", type=float, default=15.0)
+    ap.add_argument("--wrk-requests", type=int, default=3000, help="distinct queries per wrk c1 run (x4 for c16)")
     args = ap.parse_args()
 
     started = time.perf_counter()
@@ -471,6 +526,14 @@ def main() -> None:
         results.append(hit)
         results.append(await srv.run(f"text, cache miss, batch {args.batch_max_size}", [search_body(q) for q in reqs.text(nc)],
                                      [search_body(q) for q in reqs.text(wc)], args.concurrency, hist=True))
+        if args.wrk:
+            for label, bodies, c in (("text, cache miss (wrk)", reqs.text(args.wrk_requests), 1),
+                                     ("text, cache hit (wrk)", [reqs.text(1)[0]], 1),
+                                     (f"text, cache miss, batch {args.batch_max_size} (wrk)", reqs.text(args.wrk_requests * 4),
+                                      args.concurrency)):
+                sc = wrk_run(label, srv.name, srv.url, [search_body(q)[1] for q in bodies], c, args.wrk_seconds)
+                if sc is not None:
+                    results.append(sc)
         for depth in args.rerank_depths:
             results.append(await srv.run(f"text + rerank depth {depth}", [search_body(q, True, depth) for q in reqs.text(n)],
                                          [search_body(q, True, depth) for q in reqs.text(w)], 1))
@@ -482,6 +545,11 @@ def main() -> None:
                                      [search_body(q) for q in reqs.text(w)], 1))
         results.append(await srv.run("text, cache miss, batch 1", [search_body(q) for q in reqs.text(nc)],
                                      [search_body(q) for q in reqs.text(wc)], args.concurrency, hist=True))
+        if args.wrk:
+            sc = wrk_run("text, cache miss, batch 1 (wrk)", srv.name, srv.url,
+                         [search_body(q)[1] for q in reqs.text(args.wrk_requests * 4)], args.concurrency, args.wrk_seconds)
+            if sc is not None:
+                results.append(sc)
 
     for name, env, suite in (
         (f"batch{args.batch_max_size}", {**extra_env, "FASHIONBERT_BATCH_MAX_SIZE": str(args.batch_max_size)}, batched_suite),
@@ -503,10 +571,22 @@ def main() -> None:
     qps_ratio = batched.qps / unbatched.qps
     check(batched, f"QPS >= 2x batch 1 ({qps_ratio:.2f}x)", qps_ratio >= 2.0)
     api_ratio = miss.p50_ms / floor.p50_ms
+    wrk_miss, wrk_hit = by.get("text, cache miss (wrk)"), by.get("text, cache hit (wrk)")
+    wrk_b, wrk_u = by.get(f"text, cache miss, batch {args.batch_max_size} (wrk)"), by.get("text, cache miss, batch 1 (wrk)")
+    if wrk_miss is not None:
+        check(wrk_miss, "p50 <= 15 ms, p99 <= 50 ms", wrk_miss.p50_ms <= 15.0 and wrk_miss.p99_ms <= 50.0)
+    if wrk_hit is not None:
+        check(wrk_hit, "p50 <= 3 ms", wrk_hit.p50_ms <= 3.0)
     ratios = [
         ("ratio: API cache-miss p50 / in-process p50", f"{api_ratio:.2f}x", "<= 1.5x", api_ratio <= 1.5),
         (f"ratio: QPS batch {args.batch_max_size} / batch 1 at c{args.concurrency}", f"{qps_ratio:.2f}x", ">= 2x", qps_ratio >= 2.0),
     ]
+    if wrk_miss is not None:
+        r = wrk_miss.p50_ms / floor.p50_ms
+        ratios.append(("ratio (wrk): API cache-miss p50 / in-process p50", f"{r:.2f}x", "<= 1.5x", r <= 1.5))
+    if wrk_b is not None and wrk_u is not None:
+        r = wrk_b.qps / wrk_u.qps
+        ratios.append((f"ratio (wrk): QPS batch {args.batch_max_size} / batch 1 at c{args.concurrency}", f"{r:.2f}x", ">= 2x", r >= 2.0))
     for sc in results:
         if sc.cached and ("miss" in sc.name or "rerank" in sc.name or "photo" in sc.name) and sc.cached.get("true"):
             print(f"WARNING: {sc.name}: {sc.cached['true']} responses were cache hits", flush=True)
