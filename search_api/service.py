@@ -233,15 +233,17 @@ class SearchService:
             with self.metrics.stage("rerank", timings):
                 top = rows[:depth]
                 pictured = top[index.has_image[top]]
-                probs = await self._on_model_thread(engine.rerank, query, index.patches(pictured)) if len(pictured) else []
+                # Reading the candidates' patch features (memory-mapped, ~330 KB each) is part of the
+                # model thread's work, not the event loop's.
+                probs = await self._on_model_thread(_rerank_rows, engine, index, query, pictured) if len(pictured) else []
             rerank_scores = {int(r): float(p) for r, p in zip(pictured, probs)}
             w = self.settings.rerank_weight
-            stage1 = (retrieval[: len(top)] + 1.0) / 2.0  # cosine -> [0, 1], the TIA probability's scale
+            retrieval01 = (retrieval[: len(top)] + 1.0) / 2.0  # cosine -> [0, 1], the TIA probability's scale
             # A candidate without a readable image cannot be judged: it gets the average verdict of
             # this query's candidates, so it neither jumps ahead of nor falls behind judged ones.
             neutral = float(np.mean(probs)) if len(probs) else None
             fused = np.array([w * rerank_scores.get(int(r), s if neutral is None else neutral) + (1 - w) * s
-                              for r, s in zip(top, stage1)])
+                              for r, s in zip(top, retrieval01)])
             head = np.argsort(-fused, kind="stable")
             order = np.concatenate([head, np.arange(len(top), len(rows))])
             final = np.concatenate([fused, (retrieval[len(top):] + 1.0) / 2.0 * (1 - w)])
@@ -300,7 +302,7 @@ class SearchService:
             raise Unprocessable("query is empty", field="query", code="empty_query")
         if not snap.index.has_image[row]:
             raise Unprocessable(f"product {product_id!r} has no image to attend to", field="product_id", code="no_image")
-        weights = await self._on_model_thread(snap.engine.attention, text, snap.index.patches(np.array([row])))
+        weights = await self._on_model_thread(_attention_of_row, snap.engine, snap.index, text, row)
         product = product_dict(snap.index, row)
         return {"product_id": product_id, "query": text, "image_url": product["image_url"], "grid": int(weights.shape[0]),
                 "weights": [[round(float(x), 6) for x in line] for line in weights]}
@@ -350,6 +352,14 @@ class SearchService:
                            f"{self.state.snapshot.index.version}") from exc
         self.metrics.index_count.set(self.state.snapshot.index.count)
         return {"index_version": version, "changed": changed}
+
+
+def _rerank_rows(engine, index: LoadedIndex, query: str, rows: np.ndarray) -> np.ndarray:
+    return engine.rerank(query, index.patches(rows))
+
+
+def _attention_of_row(engine, index: LoadedIndex, text: str, row: int) -> np.ndarray:
+    return engine.attention(text, index.patches(np.array([row])))
 
 
 def _same(a: str, b: str) -> bool:
