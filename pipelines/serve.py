@@ -8,6 +8,7 @@ published index, a missing checkpoint) into a one-line error before any port is 
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,8 +44,6 @@ class ServeOptions:
 def preflight(settings: Settings) -> str:
     """What will be served, or a clear error about why it cannot be."""
     version = IndexDir(settings.index_dir).current_path()
-    import json
-
     infos = json.loads((version / INFOS_FILE).read_text())
     checkpoint = settings.checkpoint or Path(infos.get("checkpoint") or "")
     if not Path(checkpoint).is_dir():
