@@ -40,7 +40,7 @@ from indexer.embeddings import (
     EMB_KINDS, META_DIR, PATCHES, SHARD_ARRAYS, EmbedConfig, EmbedResult, _prepare, encode_batch, product_texts, shard_finished,
     shard_meta, write_embedding_shard,
 )
-from indexer.features import FeatureJobConfig, _plan, _plan_fingerprint
+from indexer.features import FeatureJobConfig, _plan, _plan_fingerprint, build_extractor
 
 RAY_MISSING = "the ray engine needs `pip install fashionbert-search[ray]`"
 BATCH_ROWS = 64  # catalog rows per actor call
@@ -71,21 +71,16 @@ class _EmbedActor:
         import torch
 
         from fashionbert.encoder import FashionBert
-        from fashionbert.vision import PatchFeatureExtractor, build_backbone
 
         # id -> kept-row position; ambiguous id -> row hash; id -> kept image indices (where validation dropped some)
         self.wanted, self.ambiguous, self.kept_images, self.columns = ray.get(selection)
         self.root, self.fc, self.ec = Path(root), feature_config, embed_config
         self.device = torch.device("cuda" if use_gpu else "cpu")
         self.model = FashionBert.from_pretrained(checkpoint, device=self.device)
-        c = feature_config
-        mode: Any = c.mode
-        torch.manual_seed(c.seed)  # as extract_catalog_features: a random-init backbone is the same everywhere
-        input_size = PatchFeatureExtractor.backbone_input_size(mode, c.cell_size, c.crop_size)
-        backbone = build_backbone(c.encoder, c.weights_path, c.seed, input_size=input_size)
-        self.extractor = PatchFeatureExtractor(backbone, mode, c.cell_size, c.crop_size).to(self.device)
-        self.image_batch = c.batch_size or (64 if use_gpu else 8)
-        self.pool = ThreadPoolExecutor(max(1, c.num_workers))  # PIL decodes outside the GIL
+        # Built exactly as extract_catalog_features builds it (a random-init backbone is the same everywhere).
+        self.extractor = build_extractor(feature_config, self.device)[0]
+        self.image_batch = feature_config.batch_size or (64 if use_gpu else 8)
+        self.pool = ThreadPoolExecutor(max(1, feature_config.num_workers))  # PIL decodes outside the GIL
 
     def _decode(self, refs: list[ImageRef]) -> list[Any]:
         """The first ``max_views`` images that decode; a bad one is skipped, as in the local job."""

@@ -14,10 +14,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from fashionbert.encoder import CheckpointError, FashionBert
+from fashionbert.encoder import FashionBert
 from fashionbert.vision import load_image_tensor
-from indexer.embeddings import checkpoint_sha256
-from indexer.features import FeatureJobConfig, build_extractor, resolve_device
+from indexer.features import FeatureJobConfig, build_extractor
+from indexer.job import load_checkpoint
 
 
 class Engine:
@@ -33,11 +33,8 @@ class Engine:
 
     @classmethod
     def load(cls, checkpoint: str | Path, device: str = "cpu") -> Engine:
-        path = Path(checkpoint)
-        if not path.is_dir():
-            raise CheckpointError(f"checkpoint not found: {path}")
-        dev = resolve_device(device)
-        return cls(FashionBert.from_pretrained(path, device=dev), path.resolve(), checkpoint_sha256(path), dev)
+        model, sha = load_checkpoint(Path(checkpoint), device)
+        return cls(model, Path(checkpoint).resolve(), sha, model.device)
 
     # ------------------------------------------------------------------ photos
     def extractor(self, features_config: dict) -> torch.nn.Module:
