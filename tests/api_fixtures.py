@@ -59,15 +59,20 @@ def client(api_index: ApiIndex) -> Iterator[TestClient]:
         yield c
 
 
+def free_port() -> int:
+    """A loopback port nobody listens on right now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 class LiveServer:
     """The app under a real uvicorn on a free loopback port, in a thread (real HTTP, real sockets)."""
 
     def __init__(self, app, timeout_s: float = 60.0):
-        import socket
-
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.app = app
         self.timeout_s = timeout_s

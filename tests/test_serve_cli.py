@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -12,17 +11,11 @@ import httpx
 from typer.testing import CliRunner
 
 from pipelines.cli import app
-from tests.api_fixtures import api_index  # noqa: F401 - fixture
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.api_fixtures import api_index, free_port  # noqa: F401 - fixture
 
 
 def test_serve_starts_a_real_server_from_the_cli(api_index, tmp_path):
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("FASHIONBERT_")}
     env["FASHIONBERT_RELOAD_POLL_S"] = "0"
     proc = subprocess.Popen(
