@@ -16,11 +16,20 @@ because batches are a pure function of (seed, step), reproduces the
 uninterrupted run. The release checkpoint (``OUT/config.json``,
 ``model.safetensors``, tokenizer files, ``training_config.json``) is written
 at the end, with the loss/weight log (``train_log.csv``) and its plot.
+
+Continue-pretraining (:mod:`pipelines.continue_pretrain`) is this same loop
+with three extra inputs: ``init_from`` (the checkpoint to start from),
+``query_log`` (click-weighted queries as segment-Q texts) and replay data
+(``replay_catalogs``/``replay_features``, mixed into every batch at
+``replay_fraction``). Every checkpoint records the catalogs it was trained
+on (``training_data`` in ``training_config.json``), inherited through
+continue-pretraining, so the next continuation knows what to replay.
 """
 
 from __future__ import annotations
 
 import csv
+import json
 import math
 import os
 import random
@@ -38,7 +47,15 @@ from tqdm.auto import tqdm
 from fashionbert.configuration import DEFAULT_LEARNING_RATES, named_config
 from fashionbert.encoder import FashionBert
 from fashionbert.modeling import FashionBertModel
-from fashionbert.pretraining import TASKS, PretrainCollator, PretrainCorpus, PretrainingTask, SubCategoryBatchSampler
+from fashionbert.pretraining import (
+    TASKS,
+    MixedBatchSampler,
+    PretrainCollator,
+    PretrainCorpus,
+    PretrainingTask,
+    SubCategoryBatchSampler,
+    queries_from_log,
+)
 from fashionbert.text import WholeWordMasker, load_tokenizer, train_tokenizer
 from fashionbert.training.loss_weighting import build_loss_weighting, combine
 from indexer.catalog import read_catalog
@@ -57,6 +74,10 @@ class PretrainConfig:
     init_from: Path | None = None  # a FashionBERT checkpoint (continue-pretraining)
     bert_init: Path | None = None  # a plain BERT folder to initialise the trunk
     tokenizer: Path | None = None
+    query_log: Path | None = None  # click log (query, product_id, clicks): more segment-Q texts
+    replay_catalogs: tuple[Path, ...] = ()  # old training data mixed into every batch ...
+    replay_features: tuple[Path, ...] = ()  # ... with their patch features (row-aligned with the catalogs)
+    replay_fraction: float = 0.0  # share of each batch drawn from the replay data
     tasks: tuple[str, ...] = TASKS
     loss_weighting: str = "adaptive-grad"
     steps: int = 2000
@@ -155,6 +176,58 @@ def _tokenizer(cfg: PretrainConfig, catalog_texts: Callable[[], list[str]], echo
     return train_tokenizer(texts, vocab_size=cfg.vocab_size)
 
 
+def training_data(cfg: PretrainConfig) -> list[dict[str, str]]:
+    """Every (catalog, features) pair the weights have seen: the start checkpoint's, then this run's."""
+    seen = recorded_training_data(cfg.init_from) if cfg.init_from is not None else []
+    this = {"catalog": str(Path(cfg.catalog).resolve()), "features": str(Path(cfg.features).resolve())}
+    return [d for d in seen if d != this] + [this]
+
+
+def recorded_training_data(checkpoint: Path) -> list[dict[str, str]]:
+    """The ``training_data`` a checkpoint recorded (older checkpoints: their one catalog, if recorded)."""
+    path = Path(checkpoint) / "training_config.json"
+    if not path.is_file():
+        return []
+    info = json.loads(path.read_text())
+    if "training_data" in info:
+        return list(info["training_data"])
+    training = info.get("training", {})
+    if info.get("catalog") and training.get("features"):
+        return [{"catalog": info["catalog"], "features": str(Path(training["features"]).resolve())}]
+    return []
+
+
+def build_corpus(cfg: PretrainConfig, catalog, store: FeatureStore, echo: Callable[[str], None]):
+    """The training corpus and its batch sampler: the catalog (+ click log), mixed with replay data when asked."""
+    log = None
+    if cfg.query_log is not None:
+        import pyarrow.parquet as pq
+
+        if not Path(cfg.query_log).is_file():
+            raise FileNotFoundError(f"query log not found: {cfg.query_log}")
+        log = queries_from_log(pq.read_table(cfg.query_log), set(catalog.product_ids))
+        echo(f"pretrain: query log {cfg.query_log}: {sum(len(v) for v in log.values())} (query, product) pairs "
+             f"for {len(log)} products")
+    corpus = PretrainCorpus.from_catalog(catalog, store, query_log=log)
+    subs = [r.sub_category for r in corpus.records]
+    if cfg.replay_fraction <= 0 or not cfg.replay_catalogs:
+        return corpus, SubCategoryBatchSampler(subs, cfg.batch_size, cfg.group_size, cfg.seed)
+    if len(cfg.replay_catalogs) != len(cfg.replay_features):
+        raise ValueError("replay_catalogs and replay_features must pair up")
+    n_new = len(corpus)
+    for cat_path, feat_path in zip(cfg.replay_catalogs, cfg.replay_features):
+        replay_store = FeatureStore(feat_path)
+        if replay_store.feature_dim != store.feature_dim:
+            raise ValueError(f"replay features {feat_path} are {replay_store.feature_dim}-d but {cfg.features} are "
+                             f"{store.feature_dim}-d: extract both with the same image encoder")
+        replay = PretrainCorpus.from_catalog(read_catalog(cat_path, check_images="none"), replay_store)
+        corpus = PretrainCorpus.concat(corpus, replay)
+    echo(f"pretrain: {n_new} new products, {len(corpus) - n_new} replay products "
+         f"({cfg.replay_fraction:.0%} of every batch)")
+    replay_subs = [r.sub_category for r in corpus.records[n_new:]]
+    return corpus, MixedBatchSampler(subs, replay_subs, cfg.batch_size, cfg.replay_fraction, cfg.group_size, cfg.seed)
+
+
 def build_model(cfg: PretrainConfig, tokenizer, feature_dim: int, echo: Callable[[str], None]) -> FashionBertModel:
     if cfg.init_from is not None:
         model = FashionBert.from_pretrained(cfg.init_from).model
@@ -226,7 +299,7 @@ def pretrain(cfg: PretrainConfig, echo: Callable[[str], None] = print, progress:
 
     catalog = read_catalog(cfg.catalog, check_images="none")
     store = FeatureStore(cfg.features)
-    corpus = PretrainCorpus.from_catalog(catalog, store)
+    corpus, sampler = build_corpus(cfg, catalog, store, echo)
     tokenizer = _tokenizer(cfg, catalog.texts, echo)
     model = build_model(cfg, tokenizer, store.feature_dim, echo).to(device)
     model.train()
@@ -238,7 +311,6 @@ def pretrain(cfg: PretrainConfig, echo: Callable[[str], None] = print, progress:
         mpm_probability=cfg.mpm_probability, tia_negative_fraction=cfg.tia_negative_fraction,
         query_probability=cfg.query_probability, clean_fraction=cfg.clean_fraction, seed=cfg.seed,
     )
-    sampler = SubCategoryBatchSampler([r.sub_category for r in corpus.records], cfg.batch_size, cfg.group_size, cfg.seed)
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embeddings" not in n]
     no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embeddings" not in n)]
     optimizer = torch.optim.AdamW(
@@ -333,7 +405,8 @@ def pretrain(cfg: PretrainConfig, echo: Callable[[str], None] = print, progress:
         _plot_log(log_rows, out / "train_log.png")
         extra = {"training": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()},
                  "steps_done": step, "stopped_by": stopped_by, "world_size": ddp.world,
-                 "catalog": str(Path(cfg.catalog).resolve()), "features_info": store.info}
+                 "catalog": str(Path(cfg.catalog).resolve()), "features_info": store.info,
+                 "training_data": training_data(cfg)}
         FashionBert(model.eval().cpu(), tokenizer).save_pretrained(out, extra=extra)
     if ddp.world > 1:
         dist.barrier()

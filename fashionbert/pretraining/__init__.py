@@ -1,6 +1,13 @@
 """Pretraining data (corpus, hard-negative batches, masking) and tasks (named losses)."""
 
-from fashionbert.pretraining.data import PretrainCollator, PretrainCorpus, PretrainRecord, SubCategoryBatchSampler
+from fashionbert.pretraining.data import (
+    MixedBatchSampler,
+    PretrainCollator,
+    PretrainCorpus,
+    PretrainRecord,
+    SubCategoryBatchSampler,
+    queries_from_log,
+)
 from fashionbert.pretraining.task import TASKS, PretrainingTask
 
-__all__ = ["TASKS", "PretrainCollator", "PretrainCorpus", "PretrainRecord", "PretrainingTask", "SubCategoryBatchSampler"]
+__all__ = ["TASKS", "MixedBatchSampler", "queries_from_log", "PretrainCollator", "PretrainCorpus", "PretrainRecord", "PretrainingTask", "SubCategoryBatchSampler"]

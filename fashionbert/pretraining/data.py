@@ -3,6 +3,11 @@
 * :class:`PretrainCorpus` joins a validated catalog with its feature shards:
   one record per product with every text (titles in segment T, known user
   queries in segment Q) and every extracted image view.
+* Continue-pretraining adds two things: a click log's queries become
+  click-weighted Q texts of the products they led to (:func:`queries_from_log`),
+  and a replay sample of the old training data is mixed into every batch
+  (:meth:`PretrainCorpus.concat` + :class:`MixedBatchSampler`). Records keep
+  the index of the corpus they came from, so two catalogs may reuse ids.
 * :class:`SubCategoryBatchSampler` builds each batch from groups of products
   of the same sub-category, so in-batch ITC negatives include hard ones and
   TIA negatives ("an image of another product of the same sub-category",
@@ -22,7 +27,7 @@ resumed run sees exactly the batches an uninterrupted run would.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -39,6 +44,46 @@ class PretrainRecord:
     titles: tuple[str, ...]
     queries: tuple[str, ...]
     images: tuple[int, ...]  # image indices present in the feature store
+    query_weights: tuple[float, ...] = ()  # click counts of ``queries`` (empty: uniform)
+    source: int = 0  # which feature store (continue-pretraining mixes two catalogs)
+
+    @property
+    def key(self) -> tuple[int, str]:
+        """Identity across mixed catalogs (product ids are unique only within one)."""
+        return (self.source, self.product_id)
+
+
+QUERY_LOG_COLUMNS = ("query", "product_id")
+
+
+def queries_from_log(table, known_ids: set[str] | None = None) -> dict[str, dict[str, float]]:
+    """A click log (``query``, ``product_id``, ``clicks`` or ``label``) -> {product_id: {query: clicks}}.
+
+    Rows with a blank query, an unknown product (when ``known_ids`` is given)
+    or no positive click/label are dropped; repeated (query, product) rows
+    add up. Mis-clicks stay in, but with their (usually small) click counts as
+    sampling weights they are drawn rarely - a log is never cleaner than that.
+    """
+    import pyarrow as pa
+
+    missing = [c for c in QUERY_LOG_COLUMNS if c not in table.column_names]
+    weight_column = "clicks" if "clicks" in table.column_names else "label" if "label" in table.column_names else None
+    if missing or weight_column is None:
+        raise ValueError(f"query log needs columns query, product_id and clicks (or label); "
+                         f"it has {table.column_names}")
+    for column in QUERY_LOG_COLUMNS:
+        if not (pa.types.is_string(table.schema.field(column).type) or pa.types.is_large_string(table.schema.field(column).type)):
+            raise ValueError(f"query log column {column!r} must be strings, not {table.schema.field(column).type}")
+    if not (pa.types.is_integer(table.schema.field(weight_column).type) or pa.types.is_floating(table.schema.field(weight_column).type)):
+        raise ValueError(f"query log column {weight_column!r} must be numeric, not {table.schema.field(weight_column).type}")
+    out: dict[str, dict[str, float]] = {}
+    for query, pid, weight in zip(*(table.column(c).to_pylist() for c in (*QUERY_LOG_COLUMNS, weight_column))):
+        query = (query or "").strip()
+        if not query or not pid or weight is None or weight <= 0 or (known_ids is not None and pid not in known_ids):
+            continue
+        per_product = out.setdefault(pid, {})
+        per_product[query] = per_product.get(query, 0.0) + float(weight)
+    return out
 
 
 class FeatureSource:
@@ -51,18 +96,38 @@ class FeatureSource:
 class PretrainCorpus:
     """Products usable for pretraining: at least one text and one extracted image."""
 
-    def __init__(self, records: Sequence[PretrainRecord], features: FeatureSource):
+    def __init__(self, records: Sequence[PretrainRecord], features: FeatureSource | Sequence[FeatureSource]):
         if not records:
             raise ValueError("no product has both a text and extracted image features")
         self.records = list(records)
-        self.features = features
+        self.sources = list(features) if isinstance(features, (list, tuple)) else [features]
+
+    @property
+    def features(self) -> FeatureSource:
+        """The first (for a single-catalog corpus: the only) feature store."""
+        return self.sources[0]
+
+    def patch_features(self, record: PretrainRecord, image_index: int) -> np.ndarray:
+        return self.sources[record.source].get(record.product_id, image_index)
 
     @classmethod
-    def from_catalog(cls, catalog, store) -> PretrainCorpus:
+    def concat(cls, first: PretrainCorpus, second: PretrainCorpus) -> PretrainCorpus:
+        """``first``'s records, then ``second``'s (re-pointed at its own feature stores)."""
+        shift = len(first.sources)
+        moved = [replace(r, source=r.source + shift) for r in second.records]
+        return cls(first.records + moved, first.sources + second.sources)
+
+    def subset(self, indices: Sequence[int]) -> PretrainCorpus:
+        return PretrainCorpus([self.records[i] for i in indices], self.sources)
+
+    @classmethod
+    def from_catalog(cls, catalog, store, query_log: dict[str, dict[str, float]] | None = None) -> PretrainCorpus:
         """Build from an :class:`indexer.catalog.Catalog` and an :class:`indexer.feature_store.FeatureStore`.
 
         Alternative titles in columns named ``title_*`` (e.g. the synthetic catalog's
-        ``title_en``/``title_zh``) are used as extra T texts; ``queries`` as Q texts.
+        ``title_en``/``title_zh``) are used as extra T texts; ``queries`` as Q texts,
+        joined by the click log's queries (:func:`queries_from_log`) weighted by their clicks;
+        a catalog query missing from the log counts as one click.
         """
         table = catalog.table
         columns = table.column_names
@@ -75,13 +140,17 @@ class PretrainCorpus:
             titles = tuple(dict.fromkeys(str(values[c][row]).strip() for c in title_columns if values[c][row]))
             if not images or not titles:
                 continue
+            weights = {q.strip(): 1.0 for q in (queries[row] or []) if q and q.strip()}
+            if query_log:
+                weights.update(query_log.get(pid, {}))  # the log's clicks replace the catalog's "one"
             records.append(PretrainRecord(
                 product_id=pid,
                 sub_category=table.column("sub_category")[row].as_py(),
                 category=table.column("category")[row].as_py(),
                 titles=titles,
-                queries=tuple(q.strip() for q in (queries[row] or []) if q and q.strip()),
+                queries=tuple(weights),
                 images=images,
+                query_weights=tuple(weights.values()) if query_log else (),
             ))
         return cls(records, store)
 
@@ -141,6 +210,34 @@ class SubCategoryBatchSampler:
             step += 1
 
 
+class MixedBatchSampler:
+    """Batches of ``batch_size`` rows, ``replay_fraction`` of them drawn from the replay part.
+
+    The corpus is ``new`` records (indices ``[0, n_new)``) followed by replay
+    records; each part has its own :class:`SubCategoryBatchSampler`, so hard
+    negatives stay within a part, and the mix is the same in every batch
+    (rather than whole replay batches now and then, which would let the model
+    drift between them). Like its parts, ``batch(step)`` is pure.
+    """
+
+    def __init__(self, new_sub_categories: Sequence[str], replay_sub_categories: Sequence[str], batch_size: int,
+                 replay_fraction: float, group_size: int = 4, seed: int = 0):
+        if not 0.0 <= replay_fraction < 1.0:
+            raise ValueError(f"replay_fraction must be in [0, 1), got {replay_fraction}")
+        n_replay = int(round(batch_size * replay_fraction)) if replay_sub_categories else 0
+        if 0 < n_replay < 2:
+            n_replay = 2  # a replay part needs two rows for its own negatives
+        self.offset = len(new_sub_categories)
+        self.new = SubCategoryBatchSampler(new_sub_categories, batch_size - n_replay, group_size, seed)
+        self.replay = SubCategoryBatchSampler(replay_sub_categories, n_replay, group_size, seed + 1) if n_replay else None
+
+    def batch(self, step: int) -> list[int]:
+        rows = list(self.new.batch(step))
+        if self.replay is not None:
+            rows += [self.offset + i for i in self.replay.batch(step)]
+        return rows
+
+
 class PretrainCollator:
     """Turns a list of record indices into the tensors of one pretraining step."""
 
@@ -187,19 +284,23 @@ class PretrainCollator:
         texts, segments = [], []
         for rec in records:
             use_query = rec.queries and rng.random() < self.query_probability
-            pool = rec.queries if use_query else rec.titles
-            texts.append(pool[int(rng.integers(len(pool)))])
+            if use_query and rec.query_weights:
+                w = np.asarray(rec.query_weights, dtype=np.float64)
+                texts.append(rec.queries[int(rng.choice(len(w), p=w / w.sum()))])
+            else:
+                pool = rec.queries if use_query else rec.titles
+                texts.append(pool[int(rng.integers(len(pool)))])
             segments.append(SEGMENT_Q if use_query else SEGMENT_T)
         views = [int(rec.images[int(rng.integers(len(rec.images)))]) for rec in records]
-        feats = np.stack([self.corpus.features.get(rec.product_id, v) for rec, v in zip(records, views)]).astype(np.float32)
+        feats = np.stack([self.corpus.patch_features(rec, v) for rec, v in zip(records, views)]).astype(np.float32)
 
         # TIA: a negative takes the image of another row of the same sub-category when the batch has one.
         image_rows = np.arange(n)
         tia = np.ones(n, dtype=np.int64)
         for i in np.flatnonzero(rng.random(n) < self.tia_negative_fraction):
             same = [j for j in range(n) if j != i and records[j].sub_category == records[i].sub_category
-                    and records[j].product_id != records[i].product_id]
-            others = same or [j for j in range(n) if records[j].product_id != records[i].product_id]
+                    and records[j].key != records[i].key]
+            others = same or [j for j in range(n) if records[j].key != records[i].key]
             if others:
                 image_rows[i] = others[int(rng.integers(len(others)))]
                 tia[i] = 0
@@ -244,5 +345,5 @@ class PretrainCollator:
             "tia_labels": torch.from_numpy(tia),
             "tia_rows": torch.from_numpy(clean if self.clean_fraction > 0 else np.ones(n, dtype=bool)),
             "itc_same_text": torch.tensor([[a == b for b in texts] for a in texts]),
-            "itc_same_product": torch.tensor([[a.product_id == b.product_id for b in records] for a in records]),
+            "itc_same_product": torch.tensor([[a.key == b.key for b in records] for a in records]),
         }

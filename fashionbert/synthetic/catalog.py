@@ -75,11 +75,11 @@ def price_of(sub_category: str, rng: np.random.Generator) -> float:
     return float(round(max(1, int(p)) + 0.99, 2))
 
 
-def make_product(index: int, seed: int, split: str, subs: Sequence[str], out_dir: Path) -> dict[str, Any]:
+def make_product(index: int, seed: int, split: str, subs: Sequence[str], out_dir: Path, id_prefix: str | None = None) -> dict[str, Any]:
     """One product row; its 2-4 views are written to `out_dir/images/`."""
     r_attr, r_text, r_img = product_rngs(seed, split, index)
     attrs = sample_attributes(r_attr, split, subs)
-    pid = f"{ID_PREFIX[split]}-{index + 1:06d}"
+    pid = f"{id_prefix or ID_PREFIX[split]}-{index + 1:06d}"
     t_en, t_zh = title_en(attrs, r_text), title_zh(attrs, r_text)
     lang = "zh" if r_text.random() < 0.5 else "en"
     styles = style_tags(attrs, r_text)
@@ -105,9 +105,9 @@ def make_product(index: int, seed: int, split: str, subs: Sequence[str], out_dir
     return row
 
 
-def _work(args: tuple[list[int], int, str, tuple[str, ...], str]) -> list[dict[str, Any]]:
-    idx, seed, split, subs, out_dir = args
-    return [make_product(i, seed, split, subs, Path(out_dir)) for i in idx]
+def _work(args: tuple[list[int], int, str, tuple[str, ...], str, str | None]) -> list[dict[str, Any]]:
+    idx, seed, split, subs, out_dir, id_prefix = args
+    return [make_product(i, seed, split, subs, Path(out_dir), id_prefix) for i in idx]
 
 
 def query_log(rows: Sequence[dict[str, Any]], seed: int, split: str) -> pa.Table:
@@ -150,12 +150,18 @@ def generate_catalog(
     categories: Sequence[str] | None = None,
     exclude_categories: Sequence[str] | None = None,
     progress: bool = True,
+    id_prefix: str | None = None,
 ) -> SynthResult:
     """Write `out_dir/catalog.parquet`, `out_dir/query_log.parquet` and `out_dir/images/*.jpg`.
 
     Same arguments give byte-identical files whatever `workers` is.  Products of
     `split` only use (sub_category, colour, pattern) combinations of that split.
+    Ids are ``<prefix>-NNNNNN`` (prefix ``tr``/``te`` by split unless
+    ``id_prefix`` is given: catalogs that will be indexed together need
+    different prefixes, e.g. an old catalog and a new category's).
     """
+    if id_prefix is not None and (not id_prefix or any(c in id_prefix for c in "/\\ ")):
+        raise ValueError(f"id_prefix must be non-empty without slashes or spaces, got {id_prefix!r}")
     t0 = time.perf_counter()
     if n_products < 0:
         raise ValueError("n_products must be >= 0")
@@ -166,7 +172,7 @@ def generate_catalog(
     size = max(1, min(_CHUNK, -(-n_products // (4 * workers))))  # small runs still spread over workers
     chunks = [list(range(i, min(i + size, n_products))) for i in range(0, n_products, size)]
     workers = min(workers, max(1, len(chunks)))
-    jobs = [(c, seed, split, subs, str(out)) for c in chunks]
+    jobs = [(c, seed, split, subs, str(out), id_prefix) for c in chunks]
     rows: list[dict[str, Any]] = []
     with tqdm(total=n_products, unit="product", disable=not progress, desc=f"synth {split}") as bar:
         if workers == 1:

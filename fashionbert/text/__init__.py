@@ -7,6 +7,7 @@ from fashionbert.text.tokenizer import (
     tokenizer_fingerprint,
     train_tokenizer,
 )
+from fashionbert.text.vocab_extension import extend_tokenizer, find_new_words, init_new_embeddings, is_wordpiece
 from fashionbert.text.wwm import IGNORE_INDEX, WholeWordMasker
 
 __all__ = [
@@ -14,6 +15,10 @@ __all__ = [
     "SPECIAL_TOKENS",
     "TokenizerLoadError",
     "WholeWordMasker",
+    "extend_tokenizer",
+    "find_new_words",
+    "init_new_embeddings",
+    "is_wordpiece",
     "load_tokenizer",
     "tokenizer_fingerprint",
     "train_tokenizer",
