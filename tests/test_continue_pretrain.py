@@ -209,3 +209,63 @@ def test_bad_inputs_are_clear_errors(world, tmp_path):
     FashionBert.from_pretrained(world["ckpt"]).save_pretrained(bare)
     with pytest.raises(ValueError, match="replay-catalog"):
         continue_pretrain(_config(world, tmp_path / "d", from_checkpoint=bare), **QUIET)
+
+
+# ------------------------------------------------------------------ then index and serve the new category
+def test_index_rebuild_with_the_continued_checkpoint_serves_the_new_category(continued, world, tmp_path):
+    from fastapi.testclient import TestClient
+    from typer.testing import CliRunner
+
+    from pipelines.cli import app
+    from search_api.app import create_app
+    from search_api.settings import Settings
+
+    # The shop's catalog now holds the old products and the new category's (one file, absolute image paths).
+    from pipelines.continue_pretrain import _absolute_images
+
+    parts = [_absolute_images(pq.read_table(p), p.parent) for p in (world["old"], world["new"])]
+    combined = tmp_path / "catalog.parquet"
+    pq.write_table(pa.concat_tables(parts), combined)
+    runner = CliRunner()
+    index_dir = tmp_path / "index"
+    first = runner.invoke(app, ["index", "--catalog", str(world["old"]), "--checkpoint", str(world["ckpt"]),
+                                "--out", str(index_dir), "--device", "cpu"])
+    assert first.exit_code == 0, first.output
+    rebuilt = runner.invoke(app, ["index", "--rebuild", "--catalog", str(combined), "--checkpoint", str(continued["out"]),
+                                  "--out", str(index_dir), "--device", "cpu"])
+    assert rebuilt.exit_code == 0, rebuilt.output
+
+    new_ids = set(pq.read_table(world["new"]).column("product_id").to_pylist())
+    title = pq.read_table(world["new"]).column("title").to_pylist()[0]
+    with TestClient(create_app(Settings(index_dir=index_dir, reload_poll_s=0))) as client:
+        ready = client.get("/readyz").json()
+        assert ready["index"]["count"] == len(parts[0]) + len(parts[1]), ready
+        assert "bags" in {c["name"] for c in client.get("/api/v1/categories").json()["categories"]}
+        found = client.post("/api/v1/search", json={"query": title, "k": 5, "category": "bags", "rerank": True}).json()
+        assert found["results"] and {r["product_id"] for r in found["results"]} <= new_ids
+        assert all(r["category"] == "bags" for r in found["results"])
+        assert client.get(f"/api/v1/products/{sorted(new_ids)[0]}").status_code == 200
+        # the live version was built with, and is served by, the continued checkpoint (grown vocabulary included)
+        from indexer.embeddings import checkpoint_sha256
+
+        assert ready["index"]["checkpoint_sha256"] == checkpoint_sha256(continued["out"]) == ready["model"]["sha256"]
+
+
+def test_the_cli_runs_it_and_fails_in_one_line(world, tmp_path):
+    from typer.testing import CliRunner
+
+    from pipelines.cli import app
+
+    runner = CliRunner()
+    args = ["continue-pretrain", "--from", str(world["ckpt"]), "--catalog", str(world["new"]), "--features",
+            str(world["new_feats"]), "--query-log", str(world["log"]), "--steps", "2", "--batch-size", "8",
+            "--warmup-steps", "1", "--eval-queries", "4", "--no-extend-vocabulary", "--device", "cpu"]
+    r = runner.invoke(app, [*args, "--out", str(tmp_path / "cli")])
+    assert r.exit_code == 0, r.output
+    assert "| new |" in r.output and "| old |" not in r.output  # no old held-out split given: no old figures
+    report = json.loads((tmp_path / "cli" / "continue_report.json").read_text())
+    assert report["details"]["added_tokens"] == 0 and report["details"]["steps_done"] == 2
+    assert (tmp_path / "cli" / "fashionbert-continue-pretrain.yaml").is_file()
+    missing = runner.invoke(app, [*args, "--out", str(tmp_path / "x"), "--from", str(tmp_path / "nope")])
+    assert missing.exit_code == 1 and "not a FashionBERT checkpoint" in missing.output
+    assert "Traceback" not in missing.output
