@@ -22,6 +22,9 @@ from pipelines import cli_train  # noqa: F401
 from pipelines import cli_serve  # noqa: F401
 from pipelines.cli_app import MODEL_SIZES, app
 from pipelines.cli_support import one_line_errors
+from pipelines.tags_cli import tags_app
+
+app.add_typer(tags_app, name="tags")
 
 __all__ = ["app", "one_line_errors", "MODEL_SIZES"]
 

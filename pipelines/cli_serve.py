@@ -75,6 +75,7 @@ def serve(
     batch_max_size: Annotated[int | None, typer.Option(min=1, help="Micro-batch size of the text encoder (1: off).")] = None,
     batch_max_wait_ms: Annotated[float | None, typer.Option(min=0, help="Longest a query waits for batch mates.")] = None,
     log_level: Annotated[str, typer.Option()] = "info",
+    tagger: Annotated[Path | None, typer.Option(help="Tag recommender directory (fashionbert tags train) for POST /api/v1/tags.")] = None,
 ) -> None:
     """Serve the search API and the demo page. Every other setting: FASHIONBERT_* variables (see README).
 
@@ -87,7 +88,7 @@ def serve(
     from pipelines.serve import ServeOptions, run_serve
 
     run_serve(ServeOptions(index, checkpoint, host, port, workers, redis_url, device, batch_max_size, batch_max_wait_ms,
-                           log_level), echo=typer.echo)
+                           log_level, tagger), echo=typer.echo)
 
 
 @app.command()

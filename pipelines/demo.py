@@ -3,7 +3,9 @@
 synthetic train/test catalogs -> a WordPiece tokenizer trained on the train
 catalog's text -> patch features for both splits -> the ``tiny`` model
 pretrained for a bounded time -> evaluation on the held-out split -> the
-search index of the train catalog -> the API and demo page (unless
+tag recommender trained on the train split (bounded by ``tagger_minutes``)
+and evaluated on the held-out one -> the search index of the train catalog
+-> the API and demo page with tag suggestions (unless
 ``serve=False``). Every stage reuses what an earlier run left (same inputs,
 same settings), so a second run starts serving in seconds.
 """
@@ -44,6 +46,8 @@ class DemoConfig:
     host: str = "127.0.0.1"
     port: int = 8000
     model_overrides: dict = field(default_factory=dict)  # a smaller trunk in tests
+    tagger_minutes: float = 2.0  # tag recommender training budget
+    tagger_epochs: int = 30
 
 
 @dataclass
@@ -54,11 +58,13 @@ class DemoResult:
     checkpoint: Path | None = None
     metrics: dict[str, float] = field(default_factory=dict)
     index_dir: Path | None = None
+    tagger: Path | None = None
+    tag_metrics: dict[str, float] = field(default_factory=dict)
     examples: list[tuple[str, list[str]]] = field(default_factory=list)
 
     def summary(self) -> str:
         lines = ["demo: done", f"  tokenizer: {self.tokenizer}", f"  checkpoint: {self.checkpoint}",
-                 f"  index: {self.index_dir}"]
+                 f"  tagger: {self.tagger}", f"  index: {self.index_dir}"]
         for split, path in self.catalogs.items():
             f = self.features[split]
             lines.append(f"  {split}: catalog {path}")
@@ -131,10 +137,15 @@ def run_demo(config: DemoConfig = DemoConfig(), echo: Callable[[str], None] = pr
     )
     result.metrics = stages.ensure_eval(result.checkpoint, result.catalogs["test"], test / "features",
                                         config.workdir / "runs" / "tiny" / "eval", queries=config.eval_queries, echo=echo)
+    result.tagger = stages.ensure_tagger(config.workdir / "runs" / "tagger", result.catalogs["train"], train / "features",
+                                         result.checkpoint, minutes=config.tagger_minutes, epochs=config.tagger_epochs,
+                                         seed=config.seed, echo=echo)
+    result.tag_metrics = stages.ensure_tag_eval(result.tagger, result.catalogs["test"], test / "features",
+                                                config.workdir / "runs" / "tagger" / "eval", echo=echo)
     result.index_dir = stages.ensure_index(config.workdir / "index", result.catalogs["train"], train / "features",
                                            result.checkpoint, echo)
     if config.serve:
-        stages.serve(result.index_dir, config.host, config.port, echo)
+        stages.serve(result.index_dir, config.host, config.port, echo, tagger=result.tagger)
     else:
         result.examples = stages.example_results(result.index_dir)
         echo("example queries (top 3):")

@@ -77,6 +77,48 @@ def ensure_eval(checkpoint: Path, catalog: Path, features: Path, out: Path, *, q
     return metrics
 
 
+def ensure_tagger(out: Path, catalog: Path, features: Path, checkpoint: Path, *, minutes: float, epochs: int, seed: int,
+                  echo: Echo) -> Path:
+    """Train the tag recommender on the train split for at most ``minutes`` (reused when its inputs match)."""
+    from pipelines.tags import TagTrainConfig, train_tagger
+
+    inputs = {"catalog": _fingerprint(catalog), "features": _fingerprint(features),
+              "checkpoint": checkpoint_sha256(checkpoint), "minutes": minutes, "epochs": epochs, "seed": seed}
+    if _marker_matches(out, inputs) and (out / "tagger_config.json").is_file():
+        echo(f"tagger: reusing {out}")
+        return out
+    summary = train_tagger(TagTrainConfig(catalog=catalog, features=features, checkpoint=checkpoint, out=out,
+                                          max_minutes=minutes, epochs=epochs, seed=seed), echo=echo)
+    echo(summary.line())
+    _mark(out, inputs, best_val=summary.best_val)
+    return out
+
+
+def ensure_tag_eval(tagger: Path, catalog: Path, features: Path, out: Path, *, echo: Echo) -> dict[str, float]:
+    """The tagger and its two baselines on the held-out split; prints the F1@3 line."""
+    from fashionbert.tagging.tagger import tagger_version
+    from pipelines.tags import evaluate_tagger
+
+    out.mkdir(parents=True, exist_ok=True)
+    inputs = {"tagger": tagger_version(tagger), "catalog": _fingerprint(catalog), "features": _fingerprint(features)}
+    report = out / "tags_eval.json"
+    if _marker_matches(out, inputs) and report.is_file():
+        echo(f"tags eval: reusing {report}")
+        metrics = json.loads((out / DONE_FILE).read_text())["metrics"]
+    else:
+        metrics = evaluate_tagger(tagger, catalog, features, report, echo=echo)
+        _mark(out, inputs, metrics=metrics)
+    echo(tag_eval_line(metrics))
+    return metrics
+
+
+def tag_eval_line(metrics: dict[str, float]) -> str:
+    parts = [f"{label} {metrics[f'{key}.f1@3']:.3f}" for key, label in
+             (("model", "tagger"), ("late_fusion", "late-fusion linear"), ("most_frequent", "most frequent"))
+             if f"{key}.f1@3" in metrics]
+    return "tags: held-out F1@3 " + " | ".join(parts) + (f" (P@1 {metrics['model.p@1']:.3f})" if "model.p@1" in metrics else "")
+
+
 def ensure_index(index_dir: Path, catalog: Path, features: Path, checkpoint: Path, echo: Echo) -> Path:
     """The search index of ``catalog`` (its features reused), unless the live version already is it."""
     from pipelines.index import IndexOptions, run_index
@@ -112,15 +154,17 @@ def print_examples(examples: list[tuple[str, list[str]]], echo: Echo) -> None:
             echo(f"    {rank}. {title}")
 
 
-def serve(index_dir: Path, host: str, port: int, echo: Echo) -> None:
-    """The API and demo page until Ctrl-C; the URL and example queries are printed once it is ready."""
+def serve(index_dir: Path, host: str, port: int, echo: Echo, tagger: Path | None = None) -> None:
+    """The API and demo page until Ctrl-C; the URL and example queries are printed once it is ready.
+
+    ``tagger``: the tag recommender behind POST /api/v1/tags and the page's suggested tags."""
     import httpx
     import uvicorn
 
     from search_api.app import create_app
     from search_api.settings import Settings
 
-    server = uvicorn.Server(uvicorn.Config(create_app(Settings(index_dir=index_dir)), host=host, port=port, log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(create_app(Settings(index_dir=index_dir, tagger=tagger)), host=host, port=port, log_level="warning"))
     url = f"http://{host}:{port}/"
 
     def announce() -> None:

@@ -31,11 +31,12 @@ class ServeOptions:
     batch_max_size: int | None = None
     batch_max_wait_ms: float | None = None
     log_level: str = "info"
+    tagger: Path | None = None  # tag recommender directory (POST /api/v1/tags)
 
     def environment(self) -> dict[str, str]:
         values = {
             "INDEX_DIR": self.index, "CHECKPOINT": self.checkpoint, "REDIS_URL": self.redis_url, "DEVICE": self.device,
-            "BATCH_MAX_SIZE": self.batch_max_size, "BATCH_MAX_WAIT_MS": self.batch_max_wait_ms,
+            "BATCH_MAX_SIZE": self.batch_max_size, "BATCH_MAX_WAIT_MS": self.batch_max_wait_ms, "TAGGER": self.tagger,
         }
         return {f"FASHIONBERT_{k}": str(Path(v).resolve()) if isinstance(v, Path) else str(v)
                 for k, v in values.items() if v is not None}
@@ -48,7 +49,13 @@ def preflight(settings: Settings) -> str:
     checkpoint = settings.checkpoint or Path(infos.get("checkpoint") or "")
     if not Path(checkpoint).is_dir():
         raise CheckpointError(f"checkpoint not found: {checkpoint} (pass --checkpoint)")
-    return f"serving {version} ({infos.get('count')} products, {infos.get('factory')}) with checkpoint {checkpoint}"
+    tagger = ""
+    if settings.tagger is not None:
+        if not (Path(settings.tagger) / "tagger_config.json").is_file():
+            raise FileNotFoundError(f"tagger not found: {settings.tagger} is not a directory written by "
+                                    "`fashionbert tags train` (FASHIONBERT_TAGGER)")
+        tagger = f", tags by {settings.tagger}"
+    return f"serving {version} ({infos.get('count')} products, {infos.get('factory')}) with checkpoint {checkpoint}{tagger}"
 
 
 def run_serve(options: ServeOptions, echo=print) -> None:

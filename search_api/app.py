@@ -20,7 +20,7 @@ from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from search_api.api.routes import ops, pages, products, search
+from search_api.api.routes import ops, pages, products, search, tags
 from search_api.api.routes.pages import STATIC_DIR
 from search_api.cache import make_cache
 from search_api.errors import ApiError
@@ -78,6 +78,7 @@ def create_app(settings: Settings) -> FastAPI:
             torch.set_num_threads(settings.torch_threads)
         await asyncio.to_thread(state.load)
         service = SearchService(settings, state, cache, metrics)
+        await asyncio.to_thread(service.tagging.load)
         metrics.index_count.set(state.snapshot.index.count)
         app.state.service = service
 
@@ -123,7 +124,7 @@ def create_app(settings: Settings) -> FastAPI:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         return _error(500, "internal_error", "the server failed on this request; it has been logged")
 
-    for router in (search.router, products.router, ops.router, pages.router):
+    for router in (search.router, products.router, tags.router, ops.router, pages.router):
         app.include_router(router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     if settings.cors_origins:

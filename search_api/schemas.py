@@ -67,6 +67,33 @@ class AttentionMap(BaseModel):
     weights: list[list[float]] = Field(description="grid x grid, row-major, sums to 1: how much the query attends to each patch")
 
 
+class TagsRequest(BaseModel):
+    """A product by id (tagged from its catalog title and stored photo features), or a title and/or a photo."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={
+        "examples": [{"product_id": "tr-000001"}, {"title": "red floral summer dress", "k": 8}],
+    })
+
+    product_id: str | None = Field(None, description="an indexed product; excludes title and image")
+    title: str | None = Field(None, description="a product title (Chinese or English)")
+    image: str | None = Field(None, description="a product photo as base64 (JPEG/PNG/WebP)")
+    k: int = Field(5, ge=1, le=50, description="tags to return")
+
+
+class SuggestedTag(BaseModel):
+    tag: str
+    score: float = Field(description="the tagger's probability that the tag applies")
+
+
+class TagsResponse(BaseModel):
+    tags: list[SuggestedTag] = Field(description="best first")
+    tagger: str = Field(description="the tagger directory's name")
+    tagger_version: str = Field(description="hash of the tagger's weights and vocabulary")
+    product_id: str | None = None
+    inputs: list[str] = Field(default_factory=list, description="what the tags were read from: title, image")
+    timings_ms: dict[str, float] = Field(default_factory=dict)
+
+
 class ErrorBody(BaseModel):
     code: str
     message: str
@@ -83,6 +110,7 @@ class Ready(BaseModel):
     model: dict[str, Any]
     index: dict[str, Any]
     cache: dict[str, Any]
+    tagger: dict[str, Any] = Field(default_factory=dict, description="configured, loaded, name, version, tags (or the error)")
 
 
 class ReloadResponse(BaseModel):

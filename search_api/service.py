@@ -32,6 +32,7 @@ from search_api.metrics import Metrics
 from search_api.schemas import SearchRequest
 from search_api.settings import Settings
 from search_api.state import ServingState, Snapshot
+from search_api.tagging_service import TaggingService
 
 SIMILAR_BY = ("product", "image", "title")
 
@@ -90,6 +91,7 @@ class SearchService:
             executor=self.model_thread, name="encoder", on_batch=lambda n, _s: metrics.batch_size.observe(n),
         )
         self._background: set[asyncio.Task] = set()
+        self.tagging = TaggingService(settings, state, self._on_model_thread, metrics)
 
     async def close(self) -> None:
         await self.batcher.close()
@@ -328,6 +330,9 @@ class SearchService:
         notes = [] if cache.ok else [cache.detail]
         if self.state.last_error:
             notes.append(f"degraded: cannot switch to a new index version ({self.state.last_error})")
+        tagger_problem = self.tagging.problem()
+        if tagger_problem:
+            notes.append(tagger_problem)
         return {
             "ready": True,
             "status": "; ".join(notes) if notes else "ok",
@@ -335,6 +340,7 @@ class SearchService:
                       "batching": {"max_batch": self.settings.batch_max_size, **self.batcher.stats.__dict__}},
             "index": snap.index.describe(),
             "cache": cache.__dict__,
+            "tagger": self.tagging.status(),
         }
 
     async def reload(self, token: str | None) -> dict[str, Any]:

@@ -20,6 +20,8 @@ class Settings(BaseSettings):
     index_dir: Path = Field(description="INDEX_DIR written by `fashionbert index` (the live version is INDEX_DIR/CURRENT)")
     checkpoint: Path | None = Field(None, description="release checkpoint; default: the one the live version was built with")
     device: str = Field("cpu", description="torch device for the encoder and the photo CNN (cpu, cuda, auto)")
+    tagger: Path | None = Field(None, description="tagger directory (`fashionbert tags train`) behind POST /api/v1/tags; "
+                                "unset: tag suggestions answer 503")
     torch_threads: int | None = Field(None, ge=1, description="intra-op threads for torch (default: torch's own)")
 
     # Cache

@@ -48,6 +48,21 @@ def api_index(tmp_path_factory: pytest.TempPathFactory) -> ApiIndex:
     return ApiIndex(root / "data", catalog, checkpoint, root / "idx")
 
 
+@pytest.fixture(scope="session")
+def api_tagger(api_index: ApiIndex, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny tagger trained (seconds) on the api index's catalog, its cached features and checkpoint."""
+    from pipelines.tags import TagTrainConfig, train_tagger
+    from tests.tagging_fixtures import one_torch_thread
+
+    features = next((api_index.index_dir / "cache").glob("features-*"))
+    out = tmp_path_factory.mktemp("tagger") / "tagger-tiny"
+    with one_torch_thread():
+        train_tagger(TagTrainConfig(catalog=api_index.catalog, features=features, checkpoint=api_index.checkpoint, out=out,
+                                    epochs=6, batch_size=8, lr=3e-3, seed=0, progress=False,
+                                    head={"attention_dim": 32, "mfb_o": 64, "mfb_k": 3}), echo=lambda _: None)
+    return out
+
+
 def api_settings(index: ApiIndex, **overrides: object) -> Settings:
     """Settings for tests: no background polling (tests reload explicitly), in-process cache."""
     return Settings(**{"index_dir": index.index_dir, "reload_poll_s": 0, "admin_token": "s3cret", **overrides})  # type: ignore[arg-type]

@@ -39,7 +39,7 @@ from schemathesis.specs.openapi.checks import content_type_conformance, response
 
 from search_api.app import create_app
 from search_api.settings import Settings
-from tests.api_fixtures import ApiIndex, api_index, api_settings  # noqa: F401 - fixtures
+from tests.api_fixtures import ApiIndex, api_index, api_settings, api_tagger  # noqa: F401 - fixtures
 
 SEED = 20240611
 ADMIN_TOKEN = "s3cret"  # api_settings' token
@@ -47,6 +47,7 @@ OPERATIONS = {
     "POST /api/v1/search", "POST /api/v1/search/image", "GET /api/v1/products/{product_id}",
     "GET /api/v1/products/{product_id}/similar", "GET /api/v1/products/{product_id}/attention",
     "GET /api/v1/categories", "POST /api/v1/admin/reload", "GET /healthz", "GET /readyz",
+    "POST /api/v1/tags", "POST /api/v1/tags/image",
 }
 FUZZ_SETTINGS = settings(
     max_examples=40,  # random (fuzzing-phase) cases per operation, besides the schema's examples and coverage cases
@@ -94,10 +95,11 @@ schema = schemathesis.openapi.from_dict(
 
 
 @pytest.fixture(scope="module")
-def fuzz_app(api_index: ApiIndex):
+def fuzz_app(api_index: ApiIndex, api_tagger):  # noqa: F811 - fixture
     # schemathesis' ASGI transport starts the app's lifespan (model + index load) on a test's first
     # request, and its pytest plugin ends it when that test ends: each operation gets a fresh service.
-    app = create_app(api_settings(api_index))
+    # With a tagger: without one POST /api/v1/tags is a (correct) 503, which the no-5xx check refuses.
+    app = create_app(api_settings(api_index, tagger=api_tagger))
     ready = schema["/readyz"]["GET"].Case().call(app=app)
     assert ready.status_code == 200, ready.text
     return app
@@ -140,8 +142,13 @@ def fuzz(case, fuzz_app, catalog) -> None:
         photo = base64.b64encode(_pick(case, catalog["photos"])).decode()
         _send(_variant(case, body={**case.body, "image": photo}), fuzz_app)
 
-    if case.path == "/api/v1/search/image" and isinstance(case.body, dict):
+    if case.path in ("/api/v1/search/image", "/api/v1/tags/image") and isinstance(case.body, dict):
         _send(_variant(case, body={**case.body, "file": _pick(case, catalog["photos"])}), fuzz_app)
+
+    if case.path == "/api/v1/tags" and isinstance(case.body, dict):
+        _send(_variant(case, body={"product_id": _pick(case, catalog["ids"]), "k": case.body.get("k", 5)}), fuzz_app)
+        photo = base64.b64encode(_pick(case, catalog["photos"])).decode()
+        _send(_variant(case, body={**case.body, "product_id": None, "image": photo}), fuzz_app)
 
     if case.path == "/api/v1/admin/reload":
         headers = case.headers.copy()  # case-insensitive: replaces a generated `authorization`

@@ -15,7 +15,7 @@ TINY = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermed
 def test_demo_runs_every_stage_then_reuses_them(tmp_path):
     config = DemoConfig(workdir=tmp_path / "demo", train_products=24, test_products=12, workers=1, feature_workers=0,
                         shard_size=16, minutes=1.0, steps=4, batch_size=8, eval_queries=6, serve=False,
-                        model_overrides=TINY)
+                        model_overrides=TINY, tagger_minutes=0.2, tagger_epochs=3)
     lines: list[str] = []
     first = run_demo(config, echo=lines.append)
     assert set(first.catalogs) == {"train", "test"}
@@ -29,6 +29,10 @@ def test_demo_runs_every_stage_then_reuses_them(tmp_path):
     assert (first.checkpoint / "model.safetensors").is_file()
     assert {"random100.sum_r", "full.t2i.recall@10"} <= set(first.metrics)
     assert any("| " in line for line in lines), "the evaluation table is printed"
+    assert (first.tagger / "tagger_config.json").is_file() and (first.tagger / "trunk" / "model.safetensors").is_file()
+    assert {"model.f1@3", "late_fusion.f1@3", "most_frequent.f1@3"} <= set(first.tag_metrics)
+    assert any(line.startswith("tags: held-out F1@3 tagger ") for line in lines)
+    assert "tagger:" in first.summary()
     assert IndexDir(first.index_dir).current() == "v0001"
     assert len(first.examples) == 3 and all(len(titles) == 3 for _, titles in first.examples)
     assert "demo: done" in first.summary() and str(first.features["test"].out_dir) in first.summary()
@@ -37,7 +41,9 @@ def test_demo_runs_every_stage_then_reuses_them(tmp_path):
     second = run_demo(config, echo=lines.append)
     assert all(f.computed_shards == 0 for f in second.features.values())
     assert any("reusing" in line and "catalog.parquet" in line for line in lines)
-    for stage in ("tokenizer", "pretrain", "eval", "index"):
+    for stage in ("tokenizer", "pretrain", "eval", "tagger", "tags eval", "index"):
         assert any(line.startswith(f"{stage}: reusing") for line in lines), stage
     assert IndexDir(second.index_dir).current() == "v0001"  # nothing was rebuilt
     assert second.metrics == first.metrics and second.examples == first.examples
+    assert second.tag_metrics == first.tag_metrics
+    assert any(line.startswith("tags: held-out F1@3") for line in lines)

@@ -24,7 +24,7 @@ import httpx
 import pytest
 
 from search_api.app import create_app
-from tests.api_fixtures import ApiIndex, LiveServer, api_index, api_settings  # noqa: F401 - fixture
+from tests.api_fixtures import ApiIndex, LiveServer, api_index, api_settings, api_tagger  # noqa: F401 - fixture
 
 STATIC = Path(__file__).resolve().parents[1] / "search_api" / "static"
 SCREENSHOT_COPY = os.environ.get("FASHIONBERT_DEMO_SCREENSHOT")
@@ -83,11 +83,11 @@ def test_page_source_builds_dom_without_html_parsing() -> None:
     assert 'src="/static/app.js"' in html and 'href="/static/style.css"' in html
 
 
-def test_demo_page_in_browser(api_index: ApiIndex, tmp_path: Path) -> None:  # noqa: F811 - fixture
+def test_demo_page_in_browser(api_index: ApiIndex, api_tagger: Path, tmp_path: Path) -> None:  # noqa: F811 - fixture
     chromium = _chromium()
     sync_playwright = _sync_playwright()
 
-    with LiveServer(create_app(api_settings(api_index))) as server:
+    with LiveServer(create_app(api_settings(api_index, tagger=api_tagger))) as server:
         api = httpx.Client(base_url=server.url, timeout=30)
         categories = api.get("/api/v1/categories").json()
         version = categories["index_version"]
@@ -106,6 +106,28 @@ def test_demo_page_in_browser(api_index: ApiIndex, tmp_path: Path) -> None:  # n
                 assert not page_errors, page_errors
             finally:
                 browser.close()
+
+
+def test_demo_page_without_a_tagger_shows_no_tags_and_no_error(api_index: ApiIndex) -> None:  # noqa: F811 - fixture
+    chromium = _chromium()
+    sync_playwright = _sync_playwright()
+    with LiveServer(create_app(api_settings(api_index))) as server, sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 1200})
+            page.set_default_timeout(TIMEOUT_MS)
+            page_errors: list[str] = []
+            page.on("pageerror", lambda exc: page_errors.append(str(exc)))
+            page.goto(server.url + "/?q=dress")
+            page.wait_for_selector("#results[data-state=ready]", state="attached")
+            with page.expect_response(lambda r: r.url.endswith("/api/v1/tags")) as response:
+                page.locator("#results .result-card:has(img.result-image) img.result-image").first.click()
+            assert response.value.status == 503
+            page.wait_for_selector("#similar .similar-card")
+            assert page.is_hidden("#suggested") and page.is_hidden("#error")
+            assert not page_errors, page_errors
+        finally:
+            browser.close()
 
 
 def _search(page, *, expect_ok: bool = True) -> None:
@@ -164,6 +186,12 @@ def _drive(page, url: str, categories: dict, version: str, too_long: str, expect
     page.wait_for_selector("#similar .similar-card")
     similar = page.locator("#similar .similar-card").evaluate_all("cs => cs.map(c => c.dataset.productId)")
     assert similar and product_id not in similar
+    # the tagger's suggestions for the product, as the API ranks them
+    page.wait_for_selector("#suggested-tags li")
+    shown_tags = page.locator("#suggested-tags li").evaluate_all("ls => ls.map(l => l.dataset.tag)")
+    suggested = api.post("/api/v1/tags", json={"product_id": product_id, "k": 6}).json()["tags"]
+    assert shown_tags == [t["tag"] for t in suggested]
+    assert "tagger-tiny" in page.inner_text("#suggested-note")
     page.wait_for_function(IMAGES_LOADED, arg="#detail-image, #similar img.similar-image")
     overlay = page.eval_on_selector("#heatmap", "c => { const a = c.getBoundingClientRect(), "
                                     "b = document.getElementById('detail-image').getBoundingClientRect(); "

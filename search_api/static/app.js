@@ -42,6 +42,9 @@ const els = {
   detailExtra: $("detail-extra"),
   similar: $("similar"),
   similarStatus: $("similar-status"),
+  suggested: $("suggested"),
+  suggestedTags: $("suggested-tags"),
+  suggestedNote: $("suggested-note"),
 };
 
 const state = {
@@ -498,6 +501,7 @@ async function openDetail(hit, opener) {
 
   loadHeatmap(hit, seq);
   loadSimilar(hit, seq);
+  loadSuggestedTags(hit, seq, tags);
 }
 
 async function loadHeatmap(hit, seq) {
@@ -622,6 +626,36 @@ async function loadSimilar(hit, seq) {
     els.similarStatus.textContent = "Similar products are unavailable.";
     showError(err.message);
   }
+}
+
+// Tags the tagger suggests from the product's title and photo. Optional: a service without a
+// tagger answers 503, and then (as on any failure) the section simply stays hidden.
+async function loadSuggestedTags(hit, seq, catalogTags) {
+  els.suggested.hidden = true;
+  els.suggestedTags.replaceChildren();
+  els.suggestedNote.textContent = "";
+  let body;
+  try {
+    body = await api(`${API}/tags`, {
+      method: "POST",
+      headers: { Accept: "application/json", "Content-Type": "application/json" },
+      body: JSON.stringify({ product_id: hit.product_id, k: 6 }),
+    });
+  } catch {
+    return;
+  }
+  if (seq !== state.detailSeq || !Array.isArray(body.tags) || !body.tags.length) return;
+  const known = new Set(catalogTags);
+  els.suggestedTags.replaceChildren(...body.tags.map((t) => {
+    const pct = `${Math.round(t.score * 100)}%`;
+    const isKnown = known.has(t.tag);
+    return el("li", { class: isKnown ? "known" : null, dataset: { tag: t.tag },
+                      title: `${pct} · ${isKnown ? "already a catalog tag" : "not in the catalog's tags"}` },
+      t.tag, el("span", { class: "tag-score", text: pct }));
+  }));
+  els.suggestedNote.textContent = `Read from the ${(body.inputs || []).join(" and ") || "product"} by ${body.tagger}; ` +
+    "outlined tags are new suggestions.";
+  els.suggested.hidden = false;
 }
 
 // ---------------------------------------------------------------- wiring

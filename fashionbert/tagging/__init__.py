@@ -1,0 +1,20 @@
+"""Tag recommendation for products from their photos and title (multi-level attention + MFB fusion).
+
+A library: nothing here knows about the CLI or the web service. ``pipelines/tags.py`` reads
+catalogs and features and calls :func:`fit_tagger`; the search API loads a saved
+:class:`Tagger` directory.
+"""
+
+from fashionbert.tagging.baselines import LateFusionLinear, MostFrequentTags, pooled_features
+from fashionbert.tagging.config import TaggerConfig
+from fashionbert.tagging.metrics import ranking_metrics, score_metrics, top_k
+from fashionbert.tagging.model import MFB, HeadInputs, TaggerHead, masked_mean, masked_softmax
+from fashionbert.tagging.tagger import Tagger, TaggerNotFoundError
+from fashionbert.tagging.training import FitResult, StateCache, TagDataset, TrainOptions, fit_tagger
+from fashionbert.tagging.vocabulary import TagVocabulary
+
+__all__ = [
+    "MFB", "FitResult", "HeadInputs", "LateFusionLinear", "MostFrequentTags", "StateCache", "TagDataset", "TagVocabulary",
+    "Tagger", "TaggerConfig", "TaggerHead", "TaggerNotFoundError", "TrainOptions", "fit_tagger", "masked_mean",
+    "masked_softmax", "pooled_features", "ranking_metrics", "score_metrics", "top_k",
+]

@@ -1,0 +1,77 @@
+"""The tagger's settings, saved as ``tagger_config.json`` beside its weights.
+
+A plain dataclass (not a transformers ``PretrainedConfig``): the head is not a transformers
+model and its config must not pretend to be one; JSON round trips are all we need. Every
+architectural switch the ablations flip lives here, so a saved tagger says exactly which
+parts it has and ``from_pretrained`` rebuilds the same module tree.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+CONFIG_FILE = "tagger_config.json"
+LOSSES = ("bce", "focal")
+
+
+@dataclass
+class TaggerConfig:
+    """Architecture of :class:`~fashionbert.tagging.model.TaggerHead` and the vocabulary threshold.
+
+    ``hidden_size`` is the trunk's (filled in from the trunk when the tagger is created);
+    ``num_tags`` is the vocabulary's size (filled in when the vocabulary is built).
+    """
+
+    hidden_size: int = 256
+    num_tags: int = 0
+    attention_dim: int = 256  # width of the additive attention scorers (low and high level)
+    mfb_k: int = 5  # MFB rank: each fused dimension is a sum of k products
+    mfb_o: int = 256  # fused vector size (MFB output, or the concatenation's projection)
+    glimpses: int = 2  # attention maps per modality in the low-level co-attention
+    dropout: float = 0.1
+    use_low_level_attention: bool = True  # False: masked means of tokens and patches
+    use_bilinear: bool = True  # False: concatenation + linear (+ReLU) instead of MFB
+    use_high_level_attention: bool = True  # False: mean over the fused groups
+    freeze_trunk: bool = True
+    min_tag_count: int = 2  # tags seen fewer times in the training catalog are not predicted
+    max_views: int = 1  # image views per product read (each costs one joint trunk pass; the API has the first)
+
+    def __post_init__(self) -> None:
+        for name in ("hidden_size", "attention_dim", "mfb_k", "mfb_o", "glimpses", "max_views"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"TaggerConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"TaggerConfig.dropout must be in [0, 1), got {self.dropout}")
+        if self.min_tag_count < 1:
+            raise ValueError(f"TaggerConfig.min_tag_count must be >= 1, got {self.min_tag_count}")
+
+    @property
+    def effective_glimpses(self) -> int:
+        """Fused groups per view: without low-level attention every glimpse would be the same mean."""
+        return self.glimpses if self.use_low_level_attention else 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TaggerConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown TaggerConfig field(s): {', '.join(unknown)}")
+        return cls(**data)
+
+    def save(self, directory: str | Path) -> Path:
+        path = Path(directory) / CONFIG_FILE
+        path.write_text(json.dumps(self.to_dict(), indent=2))
+        return path
+
+    @classmethod
+    def load(cls, directory: str | Path) -> TaggerConfig:
+        path = Path(directory) / CONFIG_FILE
+        if not path.is_file():
+            raise FileNotFoundError(f"{directory} is not a tagger directory (no {CONFIG_FILE})")
+        return cls.from_dict(json.loads(path.read_text()))

@@ -1,0 +1,310 @@
+"""Tag recommendation jobs: train a tagger, predict a catalog's tags, evaluate against baselines, ablate.
+
+Data comes as everywhere else in the project: a catalog Parquet (``indexer.catalog``) with a
+``tags`` column for training and evaluation, its patch-feature directory
+(``fashionbert features``), and a FashionBERT checkpoint for the trunk. A product without
+extracted features is a product without an image (the tagger reads its title alone).
+
+Evaluation trains the two baselines on the tagger's own recorded training catalog in the
+same run, so the comparison is always between methods that saw the same products.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from fashionbert.encoder import FashionBert
+from fashionbert.tagging import (
+    LateFusionLinear,
+    MostFrequentTags,
+    StateCache,
+    TagDataset,
+    Tagger,
+    TaggerConfig,
+    TagVocabulary,
+    TrainOptions,
+    fit_tagger,
+    pooled_features,
+    score_metrics,
+)
+from fashionbert.tagging.metrics import markdown_table
+from fashionbert.tagging.training import VARIANTS, pos_weights, scores_of
+from fashionbert.tagging.vocabulary import clean_tags
+from indexer.catalog import read_catalog
+from indexer.embeddings import checkpoint_sha256
+from indexer.feature_store import FeatureStore
+from indexer.features import resolve_device
+
+Echo = Callable[[str], None]
+ABLATIONS: dict[str, dict[str, bool]] = {
+    "full": {},
+    "no_low_level_attention": {"use_low_level_attention": False},
+    "concat_fusion": {"use_bilinear": False},
+    "no_high_level_attention": {"use_high_level_attention": False},
+}
+
+
+# ---------------------------------------------------------------------------- data
+def load_tag_data(catalog: Path, features: Path, max_views: int, *, need_tags: bool = True,
+                  feature_dim: int | None = None) -> tuple[TagDataset, FeatureStore]:
+    """A catalog's titles and tags with lazy access to its products' patch features."""
+    cat = read_catalog(catalog, check_images="none")
+    names = cat.table.column_names
+    if need_tags and "tags" not in names:
+        raise ValueError(f"catalog {catalog} has no 'tags' column: training and evaluating a tagger need the "
+                         "merchants' tags (list<string>)")
+    store = FeatureStore(features)
+    if feature_dim is not None and store.feature_dim != feature_dim:
+        raise ValueError(f"features in {features} are {store.feature_dim}-d but the trunk expects {feature_dim}-d patch "
+                         "features: extract them with the image encoder the checkpoint was trained with")
+    ids = cat.product_ids
+    if not any(store.image_indices(pid) for pid in ids):
+        raise ValueError(f"no product of {catalog} has features in {features}: run "
+                         f"`fashionbert features --catalog {catalog} --out {features}`")
+    tags = cat.table.column("tags").to_pylist() if "tags" in names else [[] for _ in ids]
+    data = TagDataset(cat.table.column("title").to_pylist(), [clean_tags(t) for t in tags],
+                      views=lambda i: store.views(ids[i], max_views), product_ids=ids)
+    return data, store
+
+
+def tagged_rows(data: TagDataset, catalog: Path) -> list[int]:
+    rows = [i for i, t in enumerate(data.tags) if t]
+    if not rows:
+        raise ValueError(f"no product of {catalog} has tags: its 'tags' column is empty")
+    return rows
+
+
+def _prefixed(prefix: str, metrics: dict[str, float]) -> dict[str, float]:
+    return {f"{prefix}.{k}": float(v) for k, v in metrics.items()}
+
+
+def write_tag_report(metrics: dict[str, float], json_out: Path, extra: dict[str, Any]) -> tuple[Path, Path]:
+    """``json_out`` ({"metrics", "extra"}, like ``fashionbert eval``) and the Markdown table beside it."""
+    json_out = Path(json_out)
+    json_out.parent.mkdir(parents=True, exist_ok=True)
+    json_out.write_text(json.dumps({"metrics": metrics, "extra": extra}, indent=2, ensure_ascii=False, default=str) + "\n")
+    md = json_out.with_suffix(".md")
+    header = f"# Tag recommendation: {json_out.stem}\n\n" + "".join(f"- {k}: {v}\n" for k, v in extra.items())
+    md.write_text(header + "\n" + markdown_table(metrics) + "\n", encoding="utf-8")
+    return json_out, md
+
+
+# ---------------------------------------------------------------------------- training
+@dataclass
+class TagTrainConfig:
+    catalog: Path
+    features: Path
+    checkpoint: Path
+    out: Path | None = None
+    max_minutes: float | None = None
+    epochs: int = 30
+    fine_tune_trunk: bool = False
+    loss: str = "bce"
+    seed: int = 0
+    batch_size: int = 32
+    lr: float = 1e-3
+    patience: int = 4
+    val_fraction: float = 0.1
+    modality_dropout: float = 0.3
+    device: str = "cpu"
+    progress: bool = True
+    head: dict[str, Any] = field(default_factory=dict)  # TaggerConfig fields: glimpses, max_views, min_tag_count, ...
+
+    def tagger_config(self) -> TaggerConfig:
+        return TaggerConfig.from_dict({**self.head, "freeze_trunk": not self.fine_tune_trunk})
+
+    def options(self) -> TrainOptions:
+        return TrainOptions(max_epochs=self.epochs, max_minutes=self.max_minutes, batch_size=self.batch_size, lr=self.lr,
+                            loss=self.loss, patience=self.patience, val_fraction=self.val_fraction,
+                            modality_dropout=self.modality_dropout, seed=self.seed, progress=self.progress)
+
+    def record(self) -> dict[str, Any]:
+        return {k: str(Path(v).resolve()) if isinstance(v, Path) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any], **changes: Any) -> TagTrainConfig:
+        fields_ = {**record, **changes}
+        for key in ("catalog", "features", "checkpoint", "out"):
+            if fields_.get(key) is not None:
+                fields_[key] = Path(fields_[key])
+        return cls(**fields_)
+
+
+@dataclass
+class TagTrainSummary:
+    tagger: Path
+    n_train: int
+    n_val: int
+    n_tags: int
+    epochs: int
+    best_epoch: int
+    best_val: dict[str, float]
+    stopped_by: str
+    seconds: float
+    items_per_second: float
+
+    def line(self) -> str:
+        f1 = self.best_val.get("f1@3")
+        val = f", validation F1@3 {f1:.4f}" if f1 is not None else ""
+        return (f"tags train: {self.n_tags} tags, {self.epochs} epoch(s) (best {self.best_epoch}, stopped by "
+                f"{self.stopped_by}){val}, {self.items_per_second:.1f} items/s in {self.seconds:.1f} s -> {self.tagger}")
+
+
+def train_tagger(cfg: TagTrainConfig, echo: Echo = print) -> TagTrainSummary:
+    """Train a tagger on ``cfg.catalog`` + ``cfg.features`` over the trunk of ``cfg.checkpoint``; save it to ``cfg.out``."""
+    if cfg.out is None:
+        raise ValueError("TagTrainConfig.out (the tagger directory to write) is required")
+    tagger_config, options = cfg.tagger_config(), cfg.options()
+    trunk = FashionBert.from_pretrained(cfg.checkpoint, device=resolve_device(cfg.device))
+    data, store = load_tag_data(cfg.catalog, cfg.features, tagger_config.max_views,
+                                feature_dim=trunk.config.patch_feature_dim)
+    result = fit_tagger(trunk, data, tagger_config, options, echo=echo)
+    info = {
+        "catalog": str(Path(cfg.catalog).resolve()), "features": str(Path(cfg.features).resolve()),
+        "checkpoint": str(Path(cfg.checkpoint).resolve()), "checkpoint_sha256": checkpoint_sha256(cfg.checkpoint),
+        "features_info": {"config": store.info.get("config"), "feature_dim": store.feature_dim},
+        "train": cfg.record(), "n_train": result.n_train, "n_val": result.n_val, "best_epoch": result.best_epoch,
+        "best_val": result.best_val, "stopped_by": result.stopped_by, "seconds": round(result.seconds, 2),
+        "items_per_second": round(result.items_per_second, 2), "history": result.history,
+    }
+    result.tagger.save_pretrained(cfg.out, info)
+    return TagTrainSummary(Path(cfg.out), result.n_train, result.n_val, len(result.tagger.vocabulary), len(result.history),
+                           result.best_epoch, result.best_val, result.stopped_by, result.seconds, result.items_per_second)
+
+
+# ---------------------------------------------------------------------------- prediction
+@dataclass
+class PredictSummary:
+    out: Path
+    products: int
+    seconds: float
+
+    @property
+    def products_per_second(self) -> float:
+        return self.products / self.seconds if self.seconds > 0 else float("nan")
+
+    def line(self) -> str:
+        return f"tags predict: {self.products} products in {self.seconds:.1f} s ({self.products_per_second:.1f}/s) -> {self.out}"
+
+
+def predict_tags(tagger_dir: Path, catalog: Path, features: Path, out: Path, k: int = 5, *, batch_size: int = 32,
+                 device: str = "cpu", echo: Echo = print) -> PredictSummary:
+    """The top-``k`` tags of every product of ``catalog``: Parquet (product_id, tags, scores), best first."""
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    tagger = Tagger.from_pretrained(tagger_dir, device=resolve_device(device))
+    data, _ = load_tag_data(catalog, features, tagger.config.max_views, need_tags=False, feature_dim=tagger.feature_dim)
+    t0 = time.perf_counter()
+    probs = scores_of(tagger, data, range(len(data)), None, batch_size)
+    k = min(k, probs.shape[1])
+    order = probs.argsort(axis=1, kind="stable")[:, ::-1][:, :k]
+    tags = [[tagger.vocabulary.tags[j] for j in row] for row in order]
+    scores = [[float(p[j]) for j in row] for p, row in zip(probs, order)]
+    seconds = time.perf_counter() - t0
+    table = pa.table({"product_id": pa.array(data.product_ids, pa.string()), "tags": pa.array(tags, pa.list_(pa.string())),
+                      "scores": pa.array(scores, pa.list_(pa.float32()))})
+    meta = {"tagger": tagger.name, "tagger_version": tagger.version, "k": str(k)}
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table.replace_schema_metadata(meta), out)
+    summary = PredictSummary(out, len(data), seconds)
+    echo(summary.line())
+    return summary
+
+
+# ---------------------------------------------------------------------------- evaluation
+def _recorded_training(tagger: Tagger, tagger_dir: Path) -> TagTrainConfig:
+    record = tagger.info.get("train")
+    if not record:
+        raise ValueError(f"{tagger_dir} does not record how it was trained (tagger_info.json): cannot train baselines "
+                         "or ablations on its data; pass --no-baselines")
+    cfg = TagTrainConfig.from_record(record, out=None, progress=False)
+    for what, path in (("catalog", cfg.catalog), ("features", cfg.features)):
+        if not Path(path).exists():
+            raise FileNotFoundError(f"the tagger's training {what} {path} (recorded in {tagger_dir}/tagger_info.json) is "
+                                    "not there any more: baselines and ablations are trained on it; pass --no-baselines")
+    return cfg
+
+
+def evaluate_tagger(tagger_dir: Path, catalog: Path, features: Path, json_out: Path | None = None, *,
+                    baselines: bool = True, ablations: bool = False, device: str = "cpu", batch_size: int = 64,
+                    echo: Echo = print) -> dict[str, float]:
+    """P/R/F1/hit@1,3,5 of the tagger on a held-out catalog, beside the baselines (and the ablations)."""
+    t0 = time.perf_counter()
+    tagger = Tagger.from_pretrained(tagger_dir, device=resolve_device(device))
+    held, _ = load_tag_data(catalog, features, tagger.config.max_views, feature_dim=tagger.feature_dim)
+    rows = tagged_rows(held, catalog)
+    truth = [held.tags[i] for i in rows]
+    echo(f"tags eval: {len(rows)} held-out products with tags, tagger {tagger.name} ({tagger.version})")
+    metrics = _prefixed("model", score_metrics(scores_of(tagger, held, rows, None, batch_size), tagger.vocabulary.tags, truth))
+    train_cfg = _recorded_training(tagger, Path(tagger_dir)) if baselines or ablations else None
+    if baselines and train_cfg is not None:
+        train, _ = load_tag_data(train_cfg.catalog, train_cfg.features, tagger.config.max_views,
+                                 feature_dim=tagger.feature_dim)
+        train_rows = tagged_rows(train, train_cfg.catalog)
+        train_tags = [train.tags[i] for i in train_rows]
+        frequent = MostFrequentTags(TagVocabulary.build(train_tags, 1))
+        metrics |= _prefixed("most_frequent", score_metrics(frequent.scores(len(rows)), frequent.vocabulary.tags, truth))
+        x_train = pooled_features(tagger.trunk, train, train_rows, tagger.config.max_views, batch_size)
+        x_held = pooled_features(tagger.trunk, held, rows, tagger.config.max_views, batch_size)
+        y = tagger.vocabulary.encode(train_tags)
+        linear = LateFusionLinear.fit(x_train, y, pos_weight=pos_weights(y, TrainOptions().max_pos_weight),
+                                      seed=train_cfg.seed)
+        metrics |= _prefixed("late_fusion", score_metrics(linear.scores(x_held), tagger.vocabulary.tags, truth))
+    if ablations and train_cfg is not None:
+        for name, values in run_ablations(train_cfg, catalog, features, echo=echo).items():
+            metrics |= _prefixed(f"ablation.{name}", values)
+    if json_out is not None:
+        extra = {"tagger": str(Path(tagger_dir).resolve()), "tagger_version": tagger.version, "catalog": str(catalog),
+                 "n_products": len(rows), "seconds": round(time.perf_counter() - t0, 1)}
+        paths = write_tag_report(metrics, json_out, extra)
+        echo("tags eval: wrote " + ", ".join(str(p) for p in paths))
+    return metrics
+
+
+def run_ablations(cfg: TagTrainConfig, heldout_catalog: Path, heldout_features: Path, *, out_dir: Path | None = None,
+                  json_out: Path | None = None, echo: Echo = print) -> dict[str, dict[str, float]]:
+    """Train the full tagger and each ablation with the same data, seed and budget; their held-out metrics.
+
+    With a frozen trunk the states of every (product, modality variant) are computed once, before
+    any run, and shared: every variant's ``max_minutes`` is then spent on training alone.
+    """
+    base, options = cfg.tagger_config(), cfg.options()
+    device = resolve_device(cfg.device)
+    trunk = FashionBert.from_pretrained(cfg.checkpoint, device=device)
+    train, _ = load_tag_data(cfg.catalog, cfg.features, base.max_views, feature_dim=trunk.config.patch_feature_dim)
+    held, _ = load_tag_data(heldout_catalog, heldout_features, base.max_views, feature_dim=trunk.config.patch_feature_dim)
+    rows = tagged_rows(held, heldout_catalog)
+    truth = [held.tags[i] for i in rows]
+    cache = held_cache = None
+    if base.freeze_trunk:
+        echo("tags ablations: computing the frozen trunk's states once for all runs")
+        cache = StateCache(trunk, train, base.max_views)
+        cache.warm(tagged_rows(train, cfg.catalog), VARIANTS if options.modality_dropout > 0 else ("full",))
+        held_cache = StateCache(trunk, held, base.max_views)
+        held_cache.warm(rows)
+    table: dict[str, dict[str, float]] = {}
+    for name, switches in ABLATIONS.items():
+        run_trunk = trunk if base.freeze_trunk else FashionBert.from_pretrained(cfg.checkpoint, device=device)
+        config = TaggerConfig.from_dict({**base.to_dict(), **switches})
+        result = fit_tagger(run_trunk, train, config, options, echo=lambda m, n=name: echo(f"[{n}] {m}"), cache=cache)
+        scores = scores_of(result.tagger, held, rows, held_cache)
+        table[name] = {**score_metrics(scores, result.tagger.vocabulary.tags, truth), "best_epoch": float(result.best_epoch),
+                       "epochs": float(len(result.history)), "seconds": round(result.seconds, 2),
+                       "parameters": float(sum(p.numel() for p in result.tagger.head.parameters()))}
+        echo(f"tags ablations: {name}: F1@3 {table[name]['f1@3']:.4f} ({len(result.history)} epochs, {result.seconds:.1f} s)")
+        if out_dir is not None:
+            result.tagger.save_pretrained(Path(out_dir) / name, {"train": cfg.record(), "ablation": name})
+    if json_out is not None:
+        flat = {f"{name}.{k}": v for name, values in table.items() for k, v in values.items()}
+        write_tag_report(flat, json_out, {"catalog": str(cfg.catalog), "heldout": str(heldout_catalog), "seed": cfg.seed,
+                                          "max_minutes": cfg.max_minutes, "epochs": cfg.epochs})
+    return table
