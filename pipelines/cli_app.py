@@ -3,14 +3,8 @@
 The commands live in ``pipelines.cli_*`` modules that register on this ``app``;
 :mod:`pipelines.cli` imports them all and is the entry point.
 
-Every subcommand (see :mod:`pipelines.cli_support`, which also says how to add one):
-
-- takes ``--config JOB.yaml`` (YAML or JSON; keys are the option names; flags override it),
-- writes its effective config next to its outputs (``OUT/fashionbert-<command>.yaml``),
-  which ``--config`` reruns,
-- takes ``--log-json`` (also ``fashionbert --log-json <command>``): JSON lines on stdout,
-- fails with a one-line reason and a non-zero exit code; the traceback is shown only with
-  ``fashionbert --debug ...``.
+What every command shares (job files, JSON logs, one-line errors) is described in
+:mod:`pipelines.cli`.
 """
 
 from __future__ import annotations

@@ -98,14 +98,20 @@ def test_demo_page_in_browser(api_index: ApiIndex, api_tagger: Path, tmp_path: P
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
             try:
-                page = browser.new_page(viewport={"width": 1280, "height": 1200})
-                page.set_default_timeout(TIMEOUT_MS)
-                page_errors: list[str] = []
-                page.on("pageerror", lambda exc: page_errors.append(str(exc)))
+                page, page_errors = _new_page(browser)
                 _drive(page, server.url, categories, version, too_long, expected_error, api, tmp_path)
                 assert not page_errors, page_errors
             finally:
                 browser.close()
+
+
+def _new_page(browser):
+    """A page with the test's viewport and timeout, collecting uncaught script errors."""
+    page = browser.new_page(viewport={"width": 1280, "height": 1200})
+    page.set_default_timeout(TIMEOUT_MS)
+    page_errors: list[str] = []
+    page.on("pageerror", lambda exc: page_errors.append(str(exc)))
+    return page, page_errors
 
 
 def test_demo_page_without_a_tagger_shows_no_tags_and_no_error(api_index: ApiIndex) -> None:  # noqa: F811 - fixture
@@ -114,10 +120,7 @@ def test_demo_page_without_a_tagger_shows_no_tags_and_no_error(api_index: ApiInd
     with LiveServer(create_app(api_settings(api_index))) as server, sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
         try:
-            page = browser.new_page(viewport={"width": 1280, "height": 1200})
-            page.set_default_timeout(TIMEOUT_MS)
-            page_errors: list[str] = []
-            page.on("pageerror", lambda exc: page_errors.append(str(exc)))
+            page, page_errors = _new_page(browser)
             page.goto(server.url + "/?q=dress")
             page.wait_for_selector("#results[data-state=ready]", state="attached")
             with page.expect_response(lambda r: r.url.endswith("/api/v1/tags")) as response:
