@@ -91,6 +91,7 @@ def continue_pretrain(
     lr: Annotated[float | None, typer.Option(help="Peak learning rate (default: the checkpoint's pretraining rate).")] = None,
     warmup_steps: Annotated[int, typer.Option(min=0)] = 30,
     loss_weighting: Annotated[str, typer.Option(help="adaptive-grad | adaptive-softmax | fixed")] = "adaptive-grad",
+    query_probability: Annotated[float, typer.Option(min=0.0, max=1.0, help="Share of rows whose text is a query (segment Q) rather than a title.")] = 0.5,
     seed: Annotated[int, typer.Option()] = 0,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
 ) -> None:
@@ -113,7 +114,7 @@ def continue_pretrain(
         new_eval_catalog=new_eval_catalog, new_eval_features=new_eval_features, heldout_fraction=heldout_fraction,
         old_eval_catalog=old_eval_catalog, old_eval_features=old_eval_features, eval_queries=eval_queries,
         report=report, steps=steps, max_minutes=max_minutes, batch_size=batch_size, lr=lr, warmup_steps=warmup_steps,
-        loss_weighting=loss_weighting, seed=seed, device=device,
+        loss_weighting=loss_weighting, query_probability=query_probability, seed=seed, device=device,
     )
     result = run_continue(cfg, echo=typer.echo)
     if int(os.environ.get("RANK", "0")) != 0:
