@@ -91,7 +91,7 @@ def continue_pretrain(
     lr: Annotated[float | None, typer.Option(help="Peak learning rate (default: the checkpoint's pretraining rate).")] = None,
     warmup_steps: Annotated[int, typer.Option(min=0)] = 30,
     loss_weighting: Annotated[str, typer.Option(help="adaptive-grad | adaptive-softmax | fixed")] = "adaptive-grad",
-    query_probability: Annotated[float, typer.Option(min=0.0, max=1.0, help="Share of rows whose text is a query (segment Q) rather than a title.")] = 0.5,
+    query_probability: Annotated[float, typer.Option(min=0.0, max=1.0, help="Share of rows whose text is a query (segment Q) rather than a title.")] = 0.3,
     seed: Annotated[int, typer.Option()] = 0,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
 ) -> None:
