@@ -43,7 +43,14 @@ from fashionbert.text import extend_tokenizer, find_new_words, init_new_embeddin
 from indexer.catalog import read_catalog
 from indexer.embeddings import checkpoint_sha256
 from pipelines.evaluate import EvalConfig, evaluate
-from pipelines.pretrain import PretrainConfig, PretrainResult, pretrain, recorded_training_data
+from pipelines.pretrain import (
+    TRAINING_RECORD,
+    PretrainConfig,
+    PretrainResult,
+    pretrain,
+    recorded_training_data,
+    training_record,
+)
 
 Echo = Callable[[str], None]
 START_DIR = "start"
@@ -197,9 +204,9 @@ def prepare_start_checkpoint(cfg: ContinueConfig, train_catalog: Path, echo: Ech
         echo(f"continue-pretrain: the tokenizer is not WordPiece ({type(fb.tokenizer).__name__}); vocabulary kept as is")
     shutil.rmtree(start, ignore_errors=True)
     fb.save_pretrained(start)
-    recorded = Path(cfg.from_checkpoint) / "training_config.json"
+    recorded = Path(cfg.from_checkpoint) / TRAINING_RECORD
     if recorded.is_file():  # so the continued checkpoint inherits the old training data it records
-        shutil.copy(recorded, start / "training_config.json")
+        shutil.copy(recorded, start / TRAINING_RECORD)
     marker.write_text(json.dumps({"inputs": inputs, "added_tokens": added}, indent=2, ensure_ascii=False))
     return start, added
 
@@ -221,10 +228,7 @@ def replay_data(cfg: ContinueConfig) -> tuple[tuple[Path, ...], tuple[Path, ...]
 
 
 def _recorded_lr(checkpoint: Path) -> float | None:
-    path = Path(checkpoint) / "training_config.json"
-    if not path.is_file():
-        return None
-    training = json.loads(path.read_text()).get("training", {})
+    training = training_record(checkpoint).get("training", {})
     if training.get("lr") is not None:
         return float(training["lr"])
     from fashionbert.configuration import DEFAULT_LEARNING_RATES

@@ -183,12 +183,18 @@ def training_data(cfg: PretrainConfig) -> list[dict[str, str]]:
     return [d for d in seen if d != this] + [this]
 
 
+TRAINING_RECORD = "training_config.json"
+
+
+def training_record(checkpoint: Path) -> dict:
+    """What a release checkpoint recorded about its training (``{}`` when it recorded nothing)."""
+    path = Path(checkpoint) / TRAINING_RECORD
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
 def recorded_training_data(checkpoint: Path) -> list[dict[str, str]]:
     """The ``training_data`` a checkpoint recorded (older checkpoints: their one catalog, if recorded)."""
-    path = Path(checkpoint) / "training_config.json"
-    if not path.is_file():
-        return []
-    info = json.loads(path.read_text())
+    info = training_record(checkpoint)
     if "training_data" in info:
         return list(info["training_data"])
     training = info.get("training", {})

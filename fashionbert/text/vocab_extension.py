@@ -41,7 +41,10 @@ def _words(tokenizer: PreTrainedTokenizerFast, texts: Iterable[str]) -> Counter[
         if not text:
             continue
         normal = backend.normalizer.normalize_str(text) if backend.normalizer else text
-        counts.update(w for w, _ in backend.pre_tokenizer.pre_tokenize_str(normal)) if backend.pre_tokenizer else counts.update(normal.split())
+        if backend.pre_tokenizer:
+            counts.update(w for w, _ in backend.pre_tokenizer.pre_tokenize_str(normal))
+        else:
+            counts.update(normal.split())
     return counts
 
 
