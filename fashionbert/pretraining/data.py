@@ -117,9 +117,6 @@ class PretrainCorpus:
         moved = [replace(r, source=r.source + shift) for r in second.records]
         return cls(first.records + moved, first.sources + second.sources)
 
-    def subset(self, indices: Sequence[int]) -> PretrainCorpus:
-        return PretrainCorpus([self.records[i] for i in indices], self.sources)
-
     @classmethod
     def from_catalog(cls, catalog, store, query_log: dict[str, dict[str, float]] | None = None) -> PretrainCorpus:
         """Build from an :class:`indexer.catalog.Catalog` and an :class:`indexer.feature_store.FeatureStore`.
