@@ -7,8 +7,10 @@ DistributedDataParallel does, without its autograd hooks, which the
 adaptive-grad weighting's extra ``autograd.grad`` passes would trip. Only
 rank 0 writes state, logs and the checkpoint.
 
-Budgets: ``steps`` and ``max_minutes``, whichever ends first (the learning
-rate schedule - linear warm-up, linear decay - is laid over ``steps``).
+Budgets: ``steps`` and ``max_minutes``, whichever ends first; the learning
+rate (linear warm-up, linear decay) reaches zero at that same end, by step or
+by clock (:class:`~fashionbert.training.schedule.BudgetSchedule`), and a
+resumed run spends the rest of its time budget, not a new one.
 Resumable: every ``save_every`` steps the training state (weights,
 optimizer, scheduler, RNG, step) is written atomically to
 ``OUT/train_state/``; a rerun with the same config continues from there and,
@@ -30,7 +32,6 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 import os
 import random
 import shutil
@@ -58,6 +59,7 @@ from fashionbert.pretraining import (
 )
 from fashionbert.text import WholeWordMasker, load_tokenizer, train_tokenizer
 from fashionbert.training.loss_weighting import build_loss_weighting, combine
+from fashionbert.training.schedule import BudgetSchedule
 from indexer.catalog import read_catalog
 from indexer.feature_store import FeatureStore
 
@@ -248,15 +250,6 @@ def build_model(cfg: PretrainConfig, tokenizer, feature_dim: int, echo: Callable
     return FashionBertModel(named_config(cfg.model_config, tokenizer, feature_dim, **cfg.model_overrides))
 
 
-def _lr_lambda(cfg: PretrainConfig) -> Callable[[int], float]:
-    def f(step: int) -> float:
-        if step < cfg.warmup_steps:
-            return (step + 1) / max(1, cfg.warmup_steps)
-        return max(0.0, (cfg.steps - step) / max(1, cfg.steps - cfg.warmup_steps))
-
-    return f
-
-
 def _save_state(out: Path, step: int, model, optimizer, scheduler, cfg: PretrainConfig) -> None:
     tmp = out / f".{STATE_DIR}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -323,7 +316,8 @@ def pretrain(cfg: PretrainConfig, echo: Callable[[str], None] = print, progress:
         [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=cfg.lr if cfg.lr is not None else DEFAULT_LEARNING_RATES.get(cfg.model_config, 5e-4),
     )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg))
+    scheduler = BudgetSchedule(optimizer, cfg.steps, cfg.warmup_steps,
+                               cfg.max_minutes * 60 if cfg.max_minutes else None, started=start)
 
     step = 0
     if ddp.world > 1:
@@ -346,7 +340,6 @@ def pretrain(cfg: PretrainConfig, echo: Callable[[str], None] = print, progress:
     log_path = out / LOG_FILE
     log_rows = _read_log(log_path, up_to_step=step)
 
-    deadline = start + cfg.max_minutes * 60 if cfg.max_minutes else math.inf
     shared = task.shared_parameters()
     losses_f: dict[str, float] = {}
     weights_f: dict[str, float] = {}
@@ -356,7 +349,7 @@ def pretrain(cfg: PretrainConfig, echo: Callable[[str], None] = print, progress:
     params = [p for p in model.parameters() if p.requires_grad]
     with tqdm(total=cfg.steps, initial=step, unit="step", desc="pretrain", disable=not (progress and ddp.main)) as bar:
         while step < cfg.steps:
-            out_of_time = time.perf_counter() >= deadline
+            out_of_time = scheduler.out_of_time()
             if ddp.world > 1:  # every rank must stop at the same step
                 flag = torch.tensor([float(out_of_time)], device=device)
                 dist.all_reduce(flag, op=dist.ReduceOp.MAX)

@@ -178,9 +178,14 @@ def test_resume_after_interruption_is_an_identical_continuation(data, tmp_path):
 
 
 def test_time_budget_stops_training(data, tmp_path):
-    result = pretrain(_cfg(data, tmp_path / "budget", steps=10_000, max_minutes=0.05), echo=lambda s: None, progress=False)
+    result = pretrain(_cfg(data, tmp_path / "budget", steps=10_000, max_minutes=0.15), echo=lambda s: None, progress=False)
     assert result.stopped_by == "max_minutes" and 0 < result.steps_done < 10_000
     assert (tmp_path / "budget" / "model.safetensors").is_file()
+    # The learning rate decays by the clock: it anneals towards zero at the deadline, not at step 10,000.
+    with (tmp_path / "budget" / "train_log.csv").open() as fh:
+        lrs = [float(r["lr"]) for r in csv.DictReader(fh)]
+    assert len(lrs) >= 6, "tiny steps should be fast enough for a few in 9 s"
+    assert all(a >= b for a, b in zip(lrs[2:], lrs[3:])) and lrs[-1] < 0.25 * max(lrs)
 
 
 def test_torchrun_two_cpu_processes_train_in_sync(data, tmp_path):

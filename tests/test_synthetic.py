@@ -31,7 +31,7 @@ from fashionbert.synthetic.attributes import (
 )
 from fashionbert.synthetic.catalog import CATALOG_SCHEMA, product_rngs
 from fashionbert.synthetic.drawing import render_garment, render_views
-from fashionbert.synthetic.text import queries, title_en, title_zh
+from fashionbert.synthetic.text import look_tags, make_tags, queries, title_en, title_zh
 
 EXPECTED_SCHEMA = pa.schema(
     [
@@ -177,6 +177,30 @@ def test_titles_name_colour_and_sub_category() -> None:
             q_len["zh" if CJK.search(q) else "en"].append(len(q))
     for lang in ("en", "zh"):
         assert np.mean(q_len[lang]) < 0.8 * np.mean(t_len[lang]), lang
+
+
+def test_tags_are_the_merchant_hashtags_with_looks_from_attribute_combinations() -> None:
+    base = {"category": "tops", "sub_category": "t-shirt", "sleeve": "short", "neckline": "crew", "print": "none"}
+    plain_black = {**base, "colour": "black", "pattern": "solid"}
+    assert make_tags(plain_black, look_tags(plain_black)) == ["t-shirt", "black", "minimalist"]
+    # Each look is a conjunction: change one attribute of the combination and it goes.
+    assert "minimalist" not in look_tags({**plain_black, "print": "star"})
+    assert "minimalist" not in look_tags({**plain_black, "colour": "red"})
+    red_dots = {**base, "colour": "red", "pattern": "dots"}
+    assert make_tags(red_dots, look_tags(red_dots)) == ["t-shirt", "red", "dots", "statement", "vintage"]
+    assert "vintage" not in look_tags({**red_dots, "colour": "blue"}) and "statement" in look_tags({**red_dots, "colour": "blue"})
+    office = {"category": "bottoms", "sub_category": "trousers", "colour": "navy", "pattern": "stripes"}
+    assert "office" in look_tags(office) and "office" not in look_tags({**office, "pattern": "check"})
+    assert "office" not in look_tags({**office, "colour": "yellow"})
+    tags_per_product, looks = [], Counter()
+    for attrs in sample_attrs(600, seed=3, split="train"):
+        tags = make_tags(attrs, look_tags(attrs))
+        assert tags[:2] == [SUB_CATEGORIES[attrs["sub_category"]].tag, COLOURS[attrs["colour"]].tag]
+        assert len(set(tags)) == len(tags) and look_tags(attrs) == look_tags(dict(attrs))  # no duplicates, no RNG
+        tags_per_product.append(len(tags))
+        looks.update(look_tags(attrs))
+    assert 3.0 < np.mean(tags_per_product) < 5.0  # top-3 decisions are not all obvious ones
+    assert len(looks) >= 8 and min(looks.values()) >= 10  # every look is learnable from a train catalog
 
 
 def test_solid_garment_colour_is_the_named_colour() -> None:

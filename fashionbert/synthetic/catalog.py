@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from fashionbert.synthetic.attributes import SUB_CATEGORIES, eligible_sub_categories, sample_attributes
 from fashionbert.synthetic.drawing import render_views
-from fashionbert.synthetic.text import description, make_tags, queries, style_tags, title_en, title_zh
+from fashionbert.synthetic.text import description, look_tags, make_tags, queries, title_en, title_zh
 
 SPLIT_CODE = {"train": 0, "test": 1}
 ID_PREFIX = {"train": "tr", "test": "te"}
@@ -82,19 +82,19 @@ def make_product(index: int, seed: int, split: str, subs: Sequence[str], out_dir
     pid = f"{id_prefix or ID_PREFIX[split]}-{index + 1:06d}"
     t_en, t_zh = title_en(attrs, r_text), title_zh(attrs, r_text)
     lang = "zh" if r_text.random() < 0.5 else "en"
-    styles = style_tags(attrs, r_text)
+    looks = look_tags(attrs)
     row: dict[str, Any] = {
         "product_id": pid,
         "title": t_zh if lang == "zh" else t_en,
         "title_en": t_en,
         "title_zh": t_zh,
         "lang": lang,
-        "description": description(attrs, lang, styles, r_text),
+        "description": description(attrs, lang, looks, r_text),
         "category": attrs["category"],
         "sub_category": attrs["sub_category"],
         "images": [],
         "queries": queries(attrs, r_text),
-        "tags": make_tags(attrs, styles),
+        "tags": make_tags(attrs, looks),
         "price": price_of(attrs["sub_category"], r_text),
         "attributes": sorted(attrs.items()),
     }

@@ -37,7 +37,7 @@ _EN_FEATURE = {  # fixed grammatical phrases for descriptions (titles carry the 
     ("height", "knee-high"): "a knee-high shaft",
 }
 _STYLE_ZH = {"casual": "休闲", "office": "通勤", "sporty": "运动", "party": "派对", "summer": "夏日",
-             "winter": "冬季", "streetwear": "街头", "vintage": "复古", "elegant": "优雅"}
+             "winter": "冬季", "streetwear": "街头", "vintage": "复古", "minimalist": "极简", "statement": "吸睛"}
 
 
 def _pick(rng: np.random.Generator, seq: Sequence[str]) -> str:
@@ -134,42 +134,71 @@ def title_zh(attrs: Mapping[str, str], rng: np.random.Generator) -> str:
     return (" " if rng.random() < 0.5 else "").join(parts)
 
 
-def style_tags(attrs: Mapping[str, str], rng: np.random.Generator) -> list[str]:
-    """1-2 style tags: derived from the attributes, with some randomness like real merchandisers."""
-    sub = attrs["sub_category"]
-    cands = ["casual"]
-    cands += {"hoodie": ["sporty", "streetwear"], "sneakers": ["sporty", "streetwear"], "backpack": ["sporty"],
-              "shirt": ["office"], "pencil skirt": ["office", "elegant"], "trousers": ["office"],
-              "heels": ["party", "elegant"], "bodycon dress": ["party"], "jeans": ["streetwear"],
-              "boots": ["winter"], "crossbody bag": ["streetwear"], "tote": ["office"]}.get(sub, [])
-    if attrs.get("sleeve") == "sleeveless" or sub == "shorts" or attrs.get("length") == "short":
-        cands.append("summer")
-    if attrs.get("sleeve") == "long" and sub == "hoodie":
-        cands.append("winter")
-    if attrs["pattern"] in ("floral", "dots"):
-        cands.append("vintage")
-    n = 1 + int(rng.random() < 0.5)
-    chosen = [cands[i] for i in rng.permutation(len(cands))[:n]]
-    return sorted(chosen)
+_NEUTRAL = frozenset({"black", "white", "grey", "beige", "navy", "brown"})
+_DARK = frozenset({"black", "grey", "navy", "brown"})
+_WARM = frozenset({"red", "orange", "yellow", "pink", "brown", "beige"})
+_PARTY_COLOURS = frozenset({"red", "black", "purple", "pink"})
+_OFFICE = frozenset({"shirt", "trousers", "pencil skirt", "tote", "heels"})
+_SPORTY = frozenset({"hoodie", "sneakers", "backpack", "shorts"})
 
 
-def make_tags(attrs: Mapping[str, str], styles: Sequence[str]) -> list[str]:
-    """Canonical slugs: sub-category, every visual attribute value, then style tags."""
-    tags = [SUB_CATEGORIES[attrs["sub_category"]].tag]
-    for k in attribute_keys(attrs):
-        slug = ATTRIBUTE_TERMS[k][attrs[k]].tag
-        if slug and slug not in tags:
-            tags.append(slug)
-    return tags + [s for s in styles if s not in tags]
+def look_tags(attrs: Mapping[str, str]) -> list[str]:
+    """Style tags from rules over several attributes at once, the way a merchandiser tags a look.
+
+    Deterministic (a product's look is a fact, not a coin flip), and each rule is a conjunction
+    across attributes a title and a photo show differently: "minimalist" needs a neutral colour,
+    a plain pattern and no print; "office" a formal sub-category in a neutral colour without a
+    busy pattern. That makes the tags depend on combinations, and on held-out attribute
+    combinations a tagger must compose what it learnt rather than recall a seen product.
+    """
+    sub, colour, pattern = attrs["sub_category"], attrs["colour"], attrs["pattern"]
+    printed = attrs.get("print", "none") != "none"
+    plain = pattern == "solid" and not printed
+    looks: list[str] = []
+    if colour in _NEUTRAL and plain:
+        looks.append("minimalist")
+    if colour not in _NEUTRAL and not plain:
+        looks.append("statement")
+    if pattern in ("dots", "floral") and colour in _WARM:
+        looks.append("vintage")
+    if sub in _OFFICE and colour in _NEUTRAL and pattern in ("solid", "stripes"):
+        looks.append("office")
+    short = attrs.get("length") == "short"
+    if colour in _PARTY_COLOURS and (sub in ("bodycon dress", "heels") or (sub == "a-line dress" and short)):
+        looks.append("party")
+    if attrs.get("sleeve") == "sleeveless" or sub == "shorts" or (short and colour not in _DARK):
+        looks.append("summer")
+    if sub in _SPORTY and (pattern in ("solid", "stripes") or attrs.get("print") == "logo"):
+        looks.append("sporty")
+    if attrs.get("print") == "logo" or (sub in ("hoodie", "sneakers", "jeans") and colour in ("black", "white", "grey")):
+        looks.append("streetwear")
+    if attrs.get("height") == "knee-high" or (sub == "hoodie" and attrs.get("sleeve") == "long" and colour in _DARK):
+        looks.append("winter")
+    return looks
 
 
-def description(attrs: Mapping[str, str], lang: str, styles: Sequence[str], rng: np.random.Generator) -> str:
+def make_tags(attrs: Mapping[str, str], looks: Sequence[str]) -> list[str]:
+    """A merchant's tags: sub-category, colour, a pattern or print when there is one, then the looks.
+
+    Shape attributes (sleeve, neckline, length, shaft height) live in the structured
+    ``attributes`` column and are not repeated as tags, as on real marketplaces where tags are
+    the searchable hashtags; so a product carries 2-6 tags, and a tagger's top 3 are decided
+    by the looks as much as by the obvious sub-category and colour.
+    """
+    tags = [SUB_CATEGORIES[attrs["sub_category"]].tag, ATTRIBUTE_TERMS["colour"][attrs["colour"]].tag]
+    for key in ("pattern", "print"):
+        if attrs.get(key, "none") not in ("none", "solid"):
+            tags.append(ATTRIBUTE_TERMS[key][attrs[key]].tag)
+    return tags + [t for t in looks if t not in tags]
+
+
+def description(attrs: Mapping[str, str], lang: str, looks: Sequence[str], rng: np.random.Generator) -> str:
     """One or two sentences in `lang` restating attributes plus a material (not visible) word."""
     sub = SUB_CATEGORIES[attrs["sub_category"]]
     mat_en, mat_zh = _MATERIAL[sub.category][int(rng.integers(3))]
     keys = nameable_keys(attrs)
     ph = _phrases(attrs, keys, lang, rng)
-    style = styles[0] if styles else "casual"
+    style = looks[0] if looks else "casual"
     if lang == "en":
         feats = [_EN_FEATURE[(k, attrs[k])] for k in keys if k not in ("colour", "pattern")]
         listed = ", ".join(feats[:-1]) + " and " + feats[-1] if len(feats) > 1 else "".join(feats)
@@ -177,7 +206,7 @@ def description(attrs: Mapping[str, str], lang: str, styles: Sequence[str], rng:
         plural = sub.name in _PLURAL
         s = f"{'These' if plural else 'This'} {look} {sub.en[0]} {'are' if plural else 'is'} made of soft {mat_en}"
         s += f" and {'feature' if plural else 'features'} {listed}." if feats else "."
-        return s + f" Perfect for {style} days; pair {'them' if plural else 'it'} with your favourite basics."
+        return s + f" A {style} look; pair {'them' if plural else 'it'} with your favourite basics."
     feats_zh = "，".join(ph[k] + "设计" for k in keys if k not in ("colour", "pattern"))
     look = ph["colour"] + (ph["pattern"] if attrs["pattern"] != "solid" else "")
     s = f"这款{look}{sub.zh[0]}采用{mat_zh}面料" + (f"，{feats_zh}" if feats_zh else "") + "。"
