@@ -47,7 +47,7 @@ class DemoConfig:
     port: int = 8000
     model_overrides: dict = field(default_factory=dict)  # a smaller trunk in tests
     tagger_minutes: float = 2.0  # tag recommender training budget
-    tagger_epochs: int = 30
+    tagger_epochs: int = 60
 
 
 @dataclass

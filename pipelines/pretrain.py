@@ -349,12 +349,12 @@ def pretrain(cfg: PretrainConfig, echo: Callable[[str], None] = print, progress:
     params = [p for p in model.parameters() if p.requires_grad]
     with tqdm(total=cfg.steps, initial=step, unit="step", desc="pretrain", disable=not (progress and ddp.main)) as bar:
         while step < cfg.steps:
-            out_of_time = scheduler.out_of_time()
-            if ddp.world > 1:  # every rank must stop at the same step
-                flag = torch.tensor([float(out_of_time)], device=device)
-                dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-                out_of_time = bool(flag.item())
-            if out_of_time:
+            elapsed = scheduler.elapsed()
+            if ddp.world > 1:  # every rank must stop at the same step and decay its learning rate alike
+                agreed = torch.tensor([elapsed], dtype=torch.float64, device=device)
+                dist.all_reduce(agreed, op=dist.ReduceOp.MAX)
+                elapsed = float(agreed.item())
+            if elapsed >= scheduler.max_seconds:
                 stopped_by = "max_minutes"
                 break
             optimizer.zero_grad(set_to_none=True)
@@ -375,7 +375,7 @@ def pretrain(cfg: PretrainConfig, echo: Callable[[str], None] = print, progress:
                 _all_reduce_gradients(params, ddp.world)
             grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_norm))
             optimizer.step()
-            scheduler.step()
+            scheduler.step(elapsed)
             step += 1
             rate = samples / max(1e-9, time.perf_counter() - loop_start)
             row = {"step": step, "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm, "samples_per_s": rate,

@@ -14,10 +14,11 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -35,8 +36,8 @@ from fashionbert.tagging import (
     pooled_features,
     score_metrics,
 )
-from fashionbert.tagging.metrics import markdown_table
-from fashionbert.tagging.training import VARIANTS, pos_weights, scores_of
+from fashionbert.tagging.metrics import TABLE_COLUMNS, markdown_table
+from fashionbert.tagging.training import VARIANTS, pos_weights, scores_of, training_split
 from fashionbert.tagging.vocabulary import clean_tags
 from indexer.catalog import read_catalog
 from indexer.embeddings import checkpoint_sha256
@@ -86,6 +87,11 @@ def _prefixed(prefix: str, metrics: dict[str, float]) -> dict[str, float]:
     return {f"{prefix}.{k}": float(v) for k, v in metrics.items()}
 
 
+def metrics_table(metrics: dict[str, float]) -> str:
+    """The Markdown table of an evaluation, with the F1@3 spread column when ablations ran over seeds."""
+    return markdown_table(metrics, TABLE_COLUMNS + (("f1@3_sd",) if any(k.endswith(".f1@3_sd") for k in metrics) else ()))
+
+
 def write_tag_report(metrics: dict[str, float], json_out: Path, extra: dict[str, Any]) -> tuple[Path, Path]:
     """``json_out`` ({"metrics", "extra"}, like ``fashionbert eval``) and the Markdown table beside it."""
     json_out = Path(json_out)
@@ -93,7 +99,7 @@ def write_tag_report(metrics: dict[str, float], json_out: Path, extra: dict[str,
     json_out.write_text(json.dumps({"metrics": metrics, "extra": extra}, indent=2, ensure_ascii=False, default=str) + "\n")
     md = json_out.with_suffix(".md")
     header = f"# Tag recommendation: {json_out.stem}\n\n" + "".join(f"- {k}: {v}\n" for k, v in extra.items())
-    md.write_text(header + "\n" + markdown_table(metrics) + "\n", encoding="utf-8")
+    md.write_text(header + "\n" + metrics_table(metrics) + "\n", encoding="utf-8")
     return json_out, md
 
 
@@ -105,13 +111,13 @@ class TagTrainConfig:
     checkpoint: Path
     out: Path | None = None
     max_minutes: float | None = None
-    epochs: int = 30
+    epochs: int = 60
     fine_tune_trunk: bool = False
     loss: str = "bce"
     seed: int = 0
     batch_size: int = 32
     lr: float = 1e-3
-    patience: int = 4
+    patience: int = 10  # validation F1@3 on ~200 products is noisy: 4 stopped runs whose best epoch was still ahead
     val_fraction: float = 0.1
     modality_dropout: float = 0.3
     device: str = "cpu"
@@ -235,8 +241,8 @@ def _recorded_training(tagger: Tagger, tagger_dir: Path) -> TagTrainConfig:
 
 
 def evaluate_tagger(tagger_dir: Path, catalog: Path, features: Path, json_out: Path | None = None, *,
-                    baselines: bool = True, ablations: bool = False, device: str = "cpu", batch_size: int = 64,
-                    echo: Echo = print) -> dict[str, float]:
+                    baselines: bool = True, ablations: bool = False, seeds: int = 1, device: str = "cpu",
+                    batch_size: int = 64, echo: Echo = print) -> dict[str, float]:
     """P/R/F1/hit@1,3,5 of the tagger on a held-out catalog, beside the baselines (and the ablations)."""
     t0 = time.perf_counter()
     tagger = Tagger.from_pretrained(tagger_dir, device=resolve_device(device))
@@ -249,7 +255,7 @@ def evaluate_tagger(tagger_dir: Path, catalog: Path, features: Path, json_out: P
     if baselines and train_cfg is not None:
         train, _ = load_tag_data(train_cfg.catalog, train_cfg.features, tagger.config.max_views,
                                  feature_dim=tagger.feature_dim)
-        train_rows = tagged_rows(train, train_cfg.catalog)
+        train_rows, _ = training_split(train, train_cfg.val_fraction, train_cfg.seed)  # the tagger's own training rows
         train_tags = [train.tags[i] for i in train_rows]
         frequent = MostFrequentTags(TagVocabulary.build(train_tags, 1))
         metrics |= _prefixed("most_frequent", score_metrics(frequent.scores(len(rows)), frequent.vocabulary.tags, truth))
@@ -260,7 +266,7 @@ def evaluate_tagger(tagger_dir: Path, catalog: Path, features: Path, json_out: P
                                       seed=train_cfg.seed)
         metrics |= _prefixed("late_fusion", score_metrics(linear.scores(x_held), tagger.vocabulary.tags, truth))
     if ablations and train_cfg is not None:
-        for name, values in run_ablations(train_cfg, catalog, features, echo=echo).items():
+        for name, values in run_ablations(train_cfg, catalog, features, seeds=seeds, echo=echo).items():
             metrics |= _prefixed(f"ablation.{name}", values)
     if json_out is not None:
         extra = {"tagger": str(Path(tagger_dir).resolve()), "tagger_version": tagger.version, "catalog": str(catalog),
@@ -271,8 +277,11 @@ def evaluate_tagger(tagger_dir: Path, catalog: Path, features: Path, json_out: P
 
 
 def run_ablations(cfg: TagTrainConfig, heldout_catalog: Path, heldout_features: Path, *, out_dir: Path | None = None,
-                  json_out: Path | None = None, echo: Echo = print) -> dict[str, dict[str, float]]:
+                  json_out: Path | None = None, seeds: int = 1, echo: Echo = print) -> dict[str, dict[str, float]]:
     """Train the full tagger and each ablation with the same data, seed and budget; their held-out metrics.
+
+    ``seeds`` > 1 trains every variant with seeds ``cfg.seed .. cfg.seed + seeds - 1`` (each seed also
+    draws its own validation split) and reports the mean of each metric with F1@3's standard deviation.
 
     With a frozen trunk the states of every (product, modality variant) are computed once, before
     any run, and shared: every variant's ``max_minutes`` is then spent on training alone.
@@ -293,18 +302,27 @@ def run_ablations(cfg: TagTrainConfig, heldout_catalog: Path, heldout_features: 
         held_cache.warm(rows)
     table: dict[str, dict[str, float]] = {}
     for name, switches in ABLATIONS.items():
-        run_trunk = trunk if base.freeze_trunk else FashionBert.from_pretrained(cfg.checkpoint, device=device)
         config = TaggerConfig.from_dict({**base.to_dict(), **switches})
-        result = fit_tagger(run_trunk, train, config, options, echo=lambda m, n=name: echo(f"[{n}] {m}"), cache=cache)
-        scores = scores_of(result.tagger, held, rows, held_cache)
-        table[name] = {**score_metrics(scores, result.tagger.vocabulary.tags, truth), "best_epoch": float(result.best_epoch),
-                       "epochs": float(len(result.history)), "seconds": round(result.seconds, 2),
-                       "parameters": float(sum(p.numel() for p in result.tagger.head.parameters()))}
-        echo(f"tags ablations: {name}: F1@3 {table[name]['f1@3']:.4f} ({len(result.history)} epochs, {result.seconds:.1f} s)")
-        if out_dir is not None:
-            result.tagger.save_pretrained(Path(out_dir) / name, {"train": cfg.record(), "ablation": name})
+        runs = []
+        for seed in range(cfg.seed, cfg.seed + seeds):
+            run_trunk = trunk if base.freeze_trunk else FashionBert.from_pretrained(cfg.checkpoint, device=device)
+            label = name if seeds == 1 else f"{name} seed {seed}"
+            result = fit_tagger(run_trunk, train, config, replace(options, seed=seed),
+                                echo=lambda m, n=label: echo(f"[{n}] {m}"), cache=cache)
+            scores = scores_of(result.tagger, held, rows, held_cache)
+            runs.append({**score_metrics(scores, result.tagger.vocabulary.tags, truth), "best_epoch": float(result.best_epoch),
+                         "epochs": float(len(result.history)), "seconds": round(result.seconds, 2),
+                         "parameters": float(sum(p.numel() for p in result.tagger.head.parameters()))})
+            echo(f"tags ablations: {label}: F1@3 {runs[-1]['f1@3']:.4f} ({len(result.history)} epochs, {result.seconds:.1f} s)")
+            if out_dir is not None and seed == cfg.seed:
+                result.tagger.save_pretrained(Path(out_dir) / name, {"train": cfg.record(), "ablation": name})
+        table[name] = {k: float(np.mean([r[k] for r in runs])) for k in runs[0]}
+        if seeds > 1:  # differences between the variants are only worth reading beside their spread
+            table[name] |= {"f1@3_sd": float(np.std([r["f1@3"] for r in runs], ddof=1)), "seeds": float(seeds)}
+            echo(f"tags ablations: {name}: mean F1@3 {table[name]['f1@3']:.4f} ± {table[name]['f1@3_sd']:.4f} "
+                 f"over {seeds} seeds")
     if json_out is not None:
         flat = {f"{name}.{k}": v for name, values in table.items() for k, v in values.items()}
         write_tag_report(flat, json_out, {"catalog": str(cfg.catalog), "heldout": str(heldout_catalog), "seed": cfg.seed,
-                                          "max_minutes": cfg.max_minutes, "epochs": cfg.epochs})
+                                          "seeds": seeds, "max_minutes": cfg.max_minutes, "epochs": cfg.epochs})
     return table

@@ -86,3 +86,16 @@ def test_loads_the_state_of_a_lambda_lr_from_an_older_run() -> None:
 def test_rejects_an_empty_step_budget() -> None:
     with pytest.raises(ValueError, match="total_steps"):
         BudgetSchedule(_optimizer(), total_steps=0, warmup_steps=0)
+
+
+def test_ranks_passing_the_agreed_elapsed_time_set_identical_rates() -> None:
+    fast, slow = FakeClock(), FakeClock()
+    ranks = [BudgetSchedule(_optimizer(), total_steps=1000, warmup_steps=2, max_seconds=30.0, clock=c) for c in (fast, slow)]
+    for step in range(20):
+        fast.now += 1.0
+        slow.now += 1.003  # clocks drift by milliseconds a step
+        agreed = max(r.elapsed() for r in ranks)  # what the all-reduce (MAX) gives every rank
+        for r in ranks:
+            r.step(agreed)
+        assert ranks[0].get_last_lr() == ranks[1].get_last_lr()
+    assert ranks[0].get_last_lr()[0] < 0.5

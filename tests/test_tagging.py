@@ -29,9 +29,10 @@ from fashionbert.tagging import (
     score_metrics,
     top_k,
 )
+from fashionbert.tagging.baselines import LateFusionLinear
 from fashionbert.tagging.model import signed_sqrt
 from fashionbert.tagging.tagger import collate_states, encode_states, split_states
-from fashionbert.tagging.training import tag_loss
+from fashionbert.tagging.training import tag_loss, training_split
 from pipelines.tags import TagTrainConfig, evaluate_tagger, load_tag_data, run_ablations, train_tagger
 from pipelines.cli import app
 from tests.tagging_fixtures import TagData, one_torch_thread, tag_data  # noqa: F401 - fixture
@@ -290,6 +291,41 @@ def test_ablations_train_every_variant_on_the_same_data(tag_data: TagData, tmp_p
     assert all(0 <= m["f1@3"] <= 1 and m["epochs"] == 2 for m in table.values())
     assert "| concat_fusion |" in (tmp_path / "abl.md").read_text()
     assert json.loads((tmp_path / "abl.json").read_text())["metrics"]["full.f1@3"] == table["full"]["f1@3"]
+
+
+def test_ablations_over_seeds_report_the_mean_and_the_spread(tag_data: TagData, tmp_path):  # noqa: F811
+    cfg = TagTrainConfig(tag_data.train_catalog, tag_data.train_features, tag_data.checkpoint, head=SMALL_HEAD,
+                         **{**FAST, "epochs": 2})
+    lines: list[str] = []
+    table = run_ablations(cfg, tag_data.test_catalog, tag_data.test_features, json_out=tmp_path / "abl.json", seeds=2,
+                          echo=lines.append)
+    per_seed = {name: [float(line.split("F1@3 ")[1].split()[0]) for line in lines
+                       if line.startswith(f"tags ablations: {name} seed ")] for name in table}
+    for name, values in table.items():
+        assert len(per_seed[name]) == 2 and values["seeds"] == 2
+        assert values["f1@3"] == pytest.approx(np.mean(per_seed[name]), abs=1e-4)
+        assert values["f1@3_sd"] == pytest.approx(np.std(per_seed[name], ddof=1), abs=1e-4)
+    assert "f1@3_sd |" in (tmp_path / "abl.md").read_text().splitlines()[-5]
+
+
+def test_baselines_are_fitted_on_the_taggers_own_training_rows(trained: Path, tag_data: TagData, monkeypatch):  # noqa: F811
+    data, _ = load_tag_data(tag_data.train_catalog, tag_data.train_features, 1)
+    train_rows, val_rows = training_split(data, 0.1, seed=0)
+    assert train_rows and val_rows and not set(train_rows) & set(val_rows)
+    assert sorted(train_rows + val_rows) == [i for i, t in enumerate(data.tags) if t]
+    assert training_split(data, 0.1, seed=0) == (train_rows, val_rows) != training_split(data, 0.1, seed=1)
+    fitted_rows: list[int] = []
+    real_fit = LateFusionLinear.fit.__func__
+
+    def counting_fit(cls, features, targets, **kw):  # the real fit, counting its rows
+        fitted_rows.append(len(features))
+        return real_fit(cls, features, targets, **kw)
+
+    monkeypatch.setattr(LateFusionLinear, "fit", classmethod(counting_fit))
+    evaluate_tagger(trained, tag_data.test_catalog, tag_data.test_features, echo=lambda _: None)
+    record = json.loads((trained / "tagger_info.json").read_text())["train"]
+    assert fitted_rows == [len(training_split(data, record["val_fraction"], record["seed"])[0])]
+    assert fitted_rows[0] < len(train_rows) + len(val_rows)  # the validation rows stay unseen by the baseline too
 
 
 def test_most_frequent_baseline_ranks_by_training_frequency():

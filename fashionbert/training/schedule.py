@@ -52,27 +52,34 @@ class BudgetSchedule:
     def out_of_time(self) -> bool:
         return self.elapsed() >= self.max_seconds
 
-    def factor(self) -> float:
+    def factor(self, elapsed: float | None = None) -> float:
         if self.step_count < self.warmup_steps:
             return (self.step_count + 1) / self.warmup_steps
         p_steps = (self.step_count - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps)
         p_time = 0.0
         if math.isfinite(self.max_seconds) and self.warmup_end_seconds is not None:
+            now = self.elapsed() if elapsed is None else elapsed
             remaining = self.max_seconds - self.warmup_end_seconds
-            p_time = (self.elapsed() - self.warmup_end_seconds) / remaining if remaining > 0 else 1.0
+            p_time = (now - self.warmup_end_seconds) / remaining if remaining > 0 else 1.0
         return max(0.0, 1.0 - max(p_steps, p_time))
 
-    def _apply(self) -> None:
-        f = self.factor()
+    def _apply(self, elapsed: float | None = None) -> None:
+        f = self.factor(elapsed)
         for group, base in zip(self.optimizer.param_groups, self.base_lrs):
             group["lr"] = base * f
 
-    def step(self) -> None:
-        """Call after ``optimizer.step()``: sets the rate of the next step."""
+    def step(self, elapsed: float | None = None) -> None:
+        """Call after ``optimizer.step()``: sets the rate of the next step.
+
+        ``elapsed``: the budgeted seconds to decay by, when several processes must agree on one
+        value (the ranks of a data-parallel job: their clocks differ by milliseconds, and
+        replicas stepping with different rates would drift apart); default, this process's clock.
+        """
         self.step_count += 1
+        now = self.elapsed() if elapsed is None else elapsed
         if self.warmup_end_seconds is None and self.step_count >= self.warmup_steps:
-            self.warmup_end_seconds = self.elapsed()
-        self._apply()
+            self.warmup_end_seconds = now
+        self._apply(now)
 
     def get_last_lr(self) -> list[float]:
         return [float(g["lr"]) for g in self.optimizer.param_groups]
