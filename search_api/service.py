@@ -91,7 +91,7 @@ class SearchService:
             executor=self.model_thread, name="encoder", on_batch=lambda n, _s: metrics.batch_size.observe(n),
         )
         self._background: set[asyncio.Task] = set()
-        self.tagging = TaggingService(settings, state, self._on_model_thread, metrics)
+        self.tagging = TaggingService(settings, state, self.on_model_thread, metrics)
 
     async def close(self) -> None:
         await self.batcher.close()
@@ -130,7 +130,8 @@ class SearchService:
         t2 = time.perf_counter()
         return [Stage1(v, h, t1 - t0, t2 - t1, len(items)) for v, h in zip(vectors, hits)]  # type: ignore[arg-type]
 
-    async def _on_model_thread(self, fn, *args):
+    async def on_model_thread(self, fn, *args):
+        """Run ``fn(*args)`` on the one thread that makes every model call (loading and warm-up included)."""
         return await asyncio.get_running_loop().run_in_executor(self.model_thread, partial(fn, *args))
 
     # ------------------------------------------------------------------ validation
@@ -208,7 +209,7 @@ class SearchService:
             with self.metrics.stage("decode", timings):
                 picture = await asyncio.to_thread(open_image, image, self.settings.max_image_bytes)
             with self.metrics.stage("features", timings):
-                patches = await self._on_model_thread(engine.photo_features, [picture], snap.features_config)
+                patches = await self.on_model_thread(engine.photo_features, [picture], snap.features_config)
         fetch = max(k, depth if rerank else 0) * self.settings.candidate_multiplier
         if patches is None:  # text only: encode + FAISS micro-batched with concurrent queries
             t = time.perf_counter()
@@ -221,9 +222,9 @@ class SearchService:
         else:
             with self.metrics.stage("encode", timings):
                 if query is None:
-                    vector = (await self._on_model_thread(engine.encode_photos, patches))[0]
+                    vector = (await self.on_model_thread(engine.encode_photos, patches))[0]
                 else:
-                    vector = (await self._on_model_thread(engine.encode_query_with_photo, query, patches))[0]
+                    vector = (await self.on_model_thread(engine.encode_query_with_photo, query, patches))[0]
             kind = "image" if query is None and index.has_kind("image") else "product"
             with self.metrics.stage("faiss", timings):
                 hits = (await asyncio.to_thread(index.search, kind, vector[None, :], fetch, category))[0]
@@ -237,7 +238,7 @@ class SearchService:
                 pictured = top[index.has_image[top]]
                 # Reading the candidates' patch features (memory-mapped, ~330 KB each) is part of the
                 # model thread's work, not the event loop's.
-                probs = await self._on_model_thread(_rerank_rows, engine, index, query, pictured) if len(pictured) else []
+                probs = await self.on_model_thread(_rerank_rows, engine, index, query, pictured) if len(pictured) else []
             rerank_scores = {int(r): float(p) for r, p in zip(pictured, probs)}
             w = self.settings.rerank_weight
             retrieval01 = (retrieval[: len(top)] + 1.0) / 2.0  # cosine -> [0, 1], the TIA probability's scale
@@ -304,7 +305,7 @@ class SearchService:
             raise Unprocessable("query is empty", field="query", code="empty_query")
         if not snap.index.has_image[row]:
             raise Unprocessable(f"product {product_id!r} has no image to attend to", field="product_id", code="no_image")
-        weights = await self._on_model_thread(_attention_of_row, snap.engine, snap.index, text, row)
+        weights = await self.on_model_thread(_attention_of_row, snap.engine, snap.index, text, row)
         product = product_dict(snap.index, row)
         return {"product_id": product_id, "query": text, "image_url": product["image_url"], "grid": int(weights.shape[0]),
                 "weights": [[round(float(x), 6) for x in line] for line in weights]}
