@@ -354,7 +354,7 @@ def pretrain(cfg: PretrainConfig, echo: Callable[[str], None] = print, progress:
                 agreed = torch.tensor([elapsed], dtype=torch.float64, device=device)
                 dist.all_reduce(agreed, op=dist.ReduceOp.MAX)
                 elapsed = float(agreed.item())
-            if elapsed >= scheduler.max_seconds:
+            if scheduler.out_of_time(elapsed):
                 stopped_by = "max_minutes"
                 break
             optimizer.zero_grad(set_to_none=True)

@@ -305,3 +305,25 @@ def test_concurrent_queries_are_micro_batched_with_the_same_results(api_index):
     for a, b in zip(together, alone):
         assert [h["product_id"] for h in a["results"]] == [h["product_id"] for h in b["results"]]
         assert [h["retrieval_score"] for h in a["results"]] == pytest.approx([h["retrieval_score"] for h in b["results"]], abs=1e-4)
+
+
+def test_the_model_thread_loads_and_warms_the_model(api_index, monkeypatch):  # noqa: F811
+    """torch's OpenMP pool belongs to the thread that first used it: loading and warming on another
+    thread left the serving encoder 1.5-2x slower, so the lifespan runs both on the model thread."""
+    import threading
+
+    from search_api.state import ServingState
+
+    threads: list[str] = []
+    real_warm = ServingState._warm
+
+    def recording_warm(self, snap):  # the real warm-up, noting the thread it ran on
+        threads.append(threading.current_thread().name)
+        return real_warm(self, snap)
+
+    monkeypatch.setattr(ServingState, "_warm", recording_warm)
+    with TestClient(create_app(api_settings(api_index)), raise_server_exceptions=False) as c:
+        assert c.post("/api/v1/search", json={"query": "red dress", "rerank": False}).status_code == 200
+        service = c.app.state.service
+        serving = service.model_thread.submit(lambda: threading.current_thread().name).result()
+    assert threads and threads == [serving] and serving.startswith("model")

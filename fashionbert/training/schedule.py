@@ -49,8 +49,9 @@ class BudgetSchedule:
         """Budgeted seconds spent so far, earlier processes of a resumed run included."""
         return self.elapsed_before + (self.clock() - self.started)
 
-    def out_of_time(self) -> bool:
-        return self.elapsed() >= self.max_seconds
+    def out_of_time(self, elapsed: float | None = None) -> bool:
+        """Whether the time budget is spent (``elapsed``: an agreed value, as in :meth:`step`)."""
+        return (self.elapsed() if elapsed is None else elapsed) >= self.max_seconds
 
     def factor(self, elapsed: float | None = None) -> float:
         if self.step_count < self.warmup_steps:
