@@ -10,7 +10,14 @@ from pathlib import Path
 import numpy as np
 
 from fashionbert.encoder import FashionBert
-from fashionbert.evaluation import EvalItem, evaluate_full_catalog, evaluate_random100, flatten_metrics, write_report
+from fashionbert.evaluation import (
+    EvalItem,
+    dual_encoder_pair_scorer,
+    evaluate_full_catalog,
+    evaluate_random100,
+    flatten_metrics,
+    write_report,
+)
 from indexer.catalog import read_catalog
 from indexer.feature_store import FeatureStore
 
@@ -26,6 +33,7 @@ class EvalConfig:
     seed: int = 0
     random100: bool = True
     full: bool = True
+    random100_dual: bool = True  # the same groups scored by the dual encoder (stage 1), under random100_dual.*
     product_vectors: tuple[str, ...] = ()  # presets to score as the index serves them (joint, i2t, t2i)
     device: str = "cpu"
 
@@ -55,11 +63,18 @@ def evaluate(cfg: EvalConfig, echo: Callable[[str], None] = print) -> dict[str, 
     full = evaluate_full_catalog(model, items, feats) if cfg.full else None
     metrics = flatten_metrics(r100, full)
     products: dict[str, float] = {}
+    if cfg.random100 and cfg.random100_dual:
+        dual = evaluate_random100(model, items, feats, cfg.n_queries, cfg.n_candidates, cfg.seed,
+                                  pair_scorer=dual_encoder_pair_scorer(model, feats))
+        products.update({k.replace("random100.", "random100_dual.", 1): v
+                         for k, v in flatten_metrics(dual, None).items() if k.startswith("random100.")})
+        echo(f"eval: random-100 SumR {metrics['random100.sum_r']:.1f} (cross encoder), "
+             f"{products['random100_dual.sum_r']:.1f} (dual encoder, same groups)")
     if cfg.product_vectors:
         from pipelines.product_vector_eval import evaluate_product_vectors
 
-        products = evaluate_product_vectors(model, cfg.catalog, cfg.features, cfg.product_vectors, echo=echo)
-        metrics.update(products)
+        products.update(evaluate_product_vectors(model, cfg.catalog, cfg.features, cfg.product_vectors, echo=echo))
+    metrics.update(products)
     if cfg.json_out is not None:
         extra = {"checkpoint": str(cfg.checkpoint), "catalog": str(cfg.catalog), "n_items": len(items),
                  "seconds": round(time.perf_counter() - start, 1)}

@@ -23,6 +23,7 @@ from fashionbert.evaluation import (
     Group,
     build_random100_groups,
     check_group,
+    dual_encoder_pair_scorer,
     evaluate_full_catalog,
     evaluate_random100,
     flatten_metrics,
@@ -289,6 +290,23 @@ def test_full_catalog_any_image_of_the_product_is_positive() -> None:
     assert res["t2i"]["recall@1"] == 1.0
     # item 5's image (e_63) ties every text at 0: pessimistically behind all 19 negatives
     assert res["i2t"]["ranks"][5] == 20 and res["i2t"]["ranks"][20] == 1
+
+
+def test_random100_scored_by_the_dual_encoder() -> None:
+    """The same groups through the dual encoder: exact ranks from a known permutation."""
+    items, features = make_items({"a": 150})
+    sigma = np.arange(150)
+    sigma[:50] = np.arange(50) ^ 1  # products 0..49 swapped in pairs: the partner scores 0.8 > own 0.6
+    features[:, 0, 1] = sigma
+    scorer = dual_encoder_pair_scorer(OneHotDual(dim=150), features, batch_size=16)
+    res = evaluate_random100(None, items, features, n_queries=150, pair_scorer=scorer)
+    for d in ("t2i", "i2t"):
+        groups = build_random100_groups(items, n_queries=150, seed=0, direction=d)
+        # swapped product k ranks 2 exactly when its partner k^1 is among its 100 candidates
+        expected = [2 if g.query < 50 and (g.query ^ 1) in g.candidates else 1 for g in groups]
+        assert res[d]["ranks"] == expected and 2 in expected
+    with pytest.raises(ValueError, match="pair_scorer returned"):
+        evaluate_random100(None, items, features, n_queries=5, pair_scorer=lambda t, r: np.zeros(3))
 
 
 # --------------------------------------------------------------------------- reports

@@ -30,7 +30,7 @@ full catalog (dual encoder)
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -271,8 +271,13 @@ def evaluate_random100(
     n_candidates: int = 100,
     seed: int = 0,
     batch_size: int = 404,
+    pair_scorer: Callable[[list[str], np.ndarray], np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """FashionBERT's random-100 evaluation of a cross encoder, both directions.
+
+    ``pair_scorer(texts, feature_rows)`` replaces the cross encoder's scores
+    (``model`` is then unused), e.g. :func:`dual_encoder_pair_scorer` to put the
+    search's first stage through the very same groups.
 
     Returns plain Python types (JSON-ready)::
 
@@ -309,7 +314,13 @@ def evaluate_random100(
             else:
                 texts.extend(items[c].text for c in g.candidates)
                 feat_idx.extend([items[g.query].features_index] * n)
-    scores = _score_all(model, texts, np.asarray(feat_idx, dtype=np.int64), features, batch_size)
+    rows = np.asarray(feat_idx, dtype=np.int64)
+    if pair_scorer is not None:
+        scores = np.asarray(pair_scorer(texts, rows), dtype=np.float64).reshape(-1)
+        if scores.size != len(texts):
+            raise ValueError(f"pair_scorer returned {scores.size} scores for {len(texts)} pairs")
+    else:
+        scores = _score_all(model, texts, rows, features, batch_size)
 
     result: dict[str, Any] = {
         "protocol": "random100",
@@ -355,6 +366,29 @@ def evaluate_random100(
     result["n_topped_up"] = sum(result[d]["n_topped_up"] for d in DIRECTIONS)
     result["warnings"] = sorted({g.warning for d in DIRECTIONS for g in groups[d] if g.warning})
     return result
+
+
+def dual_encoder_pair_scorer(
+    model: DualEncoder, features: np.ndarray, batch_size: int = 128
+) -> Callable[[list[str], np.ndarray], np.ndarray]:
+    """Cosine of single-side encodings as a pair scorer, each text and image encoded once.
+
+    Why: random-100 scored this way is the dual encoder's (stage 1's) quality on
+    exactly the groups the cross encoder is judged on, so the two are comparable.
+    The image cosine is scaled into (0, 1] as (cos + 1) / 2, so TIA accuracy
+    at the 0.5 threshold reads "cosine > 0".
+    """
+    images = _embed(lambda lo, hi: model.encode_images(features[lo:hi]), len(features), batch_size, "encode_images")
+
+    def score(texts: list[str], rows: np.ndarray) -> np.ndarray:
+        unique = sorted(set(texts))
+        position = {t: i for i, t in enumerate(unique)}
+        vectors = _embed(lambda lo, hi: model.encode_text(unique[lo:hi], segment="T"), len(unique), batch_size, "encode_text")
+        text_rows = np.fromiter((position[t] for t in texts), dtype=np.int64, count=len(texts))
+        cosine = np.einsum("nd,nd->n", vectors[text_rows], images[rows])
+        return (cosine + 1.0) / 2.0
+
+    return score
 
 
 # --------------------------------------------------------------------------- full catalog
