@@ -46,6 +46,7 @@ class FashionBertConfig(BertConfig):
         patch_mode: str = "grid",
         cls_token_id: int = 2,
         sep_token_id: int = 3,
+        tia_match_features: bool = False,
         **kwargs: Any,
     ):
         kwargs.setdefault("type_vocab_size", 3)
@@ -62,6 +63,10 @@ class FashionBertConfig(BertConfig):
         # The image-only sequence is "[CLS] [SEP] patches"; the model builds it, so it keeps the ids.
         self.cls_token_id = cls_token_id
         self.sep_token_id = sep_token_id
+        # TIA reads the [CLS] pooler plus the product of the joint pass's two segment means in
+        # the ITC space (docs/design.md item 35). False keeps the pooler-only head of checkpoints
+        # saved before it existed; named configs switch it on.
+        self.tia_match_features = tia_match_features
 
 
 def named_config(name: str, tokenizer: Any, patch_feature_dim: int = 1280, **overrides: Any) -> FashionBertConfig:
@@ -74,6 +79,7 @@ def named_config(name: str, tokenizer: Any, patch_feature_dim: int = 1280, **ove
         "pad_token_id": tokenizer.pad_token_id,
         "cls_token_id": tokenizer.cls_token_id,
         "sep_token_id": tokenizer.sep_token_id,
+        "tia_match_features": True,
         **overrides,
     }
     return FashionBertConfig(patch_feature_dim=patch_feature_dim, **fields)

@@ -93,8 +93,9 @@ class FashionBert:
         fields.pop("model_type", None)
         fields.update(
             type_vocab_size=3, patch_feature_dim=patch_feature_dim, pad_token_id=tok.pad_token_id,
-            cls_token_id=tok.cls_token_id, sep_token_id=tok.sep_token_id, **config_overrides,
+            cls_token_id=tok.cls_token_id, sep_token_id=tok.sep_token_id, tia_match_features=True,
         )
+        fields.update(config_overrides)
         model = FashionBertModel(FashionBertConfig(**fields))
         state = bert.state_dict()
         types = state["embeddings.token_type_embeddings.weight"]
@@ -165,7 +166,7 @@ class FashionBert:
         self._check_pairs(texts, patch_features)
         result = self._batched(
             len(texts), batch_size,
-            lambda s: self.model.tia_logits(self._joint(texts, patch_features, s, segment).pooler_output).float().softmax(-1)[:, 1],
+            lambda s: self.model.tia_logits(self._joint(texts, patch_features, s, segment)).float().softmax(-1)[:, 1],
         )
         return result.numpy() if result is not None else np.zeros(0, np.float32)
 

@@ -9,8 +9,10 @@ position table is untouched by images and a text-only BERT checkpoint loads
 unchanged into ``bert.*``.
 
 Heads: MLM (tied to the word embeddings), MPM (bias-free linear back to the
-feature space), TIA (pooler -> 2 logits), ITC (mean-pooled single-side
-encoding -> projection, L2-normalised, learnable temperature).
+feature space), TIA (pooler -> 2 logits, plus - with ``tia_match_features`` -
+a linear read of the product of the joint pass's text and image means in the
+ITC space), ITC (mean-pooled single-side encoding -> projection,
+L2-normalised, learnable temperature).
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ class FashionBertModel(BertPreTrainedModel):
         self.cls = BertOnlyMLMHead(config)
         self.mpm_head = nn.Linear(config.hidden_size, config.patch_feature_dim, bias=False)
         self.tia_head = nn.Linear(config.hidden_size, 2)
+        self.tia_match_head = nn.Linear(config.itc_dim, 2) if config.tia_match_features else None
         self.itc_projection = nn.Linear(config.hidden_size, config.itc_dim)
         # CLIP's initial temperature 0.07, learnable in log space (clamped when used).
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
@@ -141,14 +144,44 @@ class FashionBertModel(BertPreTrainedModel):
     def mpm_logits(self, patch_hidden: torch.Tensor) -> torch.Tensor:
         return self.mpm_head(patch_hidden)
 
-    def tia_logits(self, pooled: torch.Tensor) -> torch.Tensor:
-        return self.tia_head(pooled)
+    def tia_logits(self, output: FashionBertOutput, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """[no match, match] logits of joint passes (``rows`` selects some of them).
+
+        Why the match features: a pooler-only head learns nothing until the trunk
+        has discovered cross-modal attention, which took ~350 of the ~480 steps a
+        20-minute CPU budget allows (docs/results.md). The product of the two
+        segments' means in the ITC space - the space ITC aligns early - gives the
+        head a direct path to "do the words and the picture agree", while the
+        pooler keeps the cross-attention's finer evidence.
+        """
+        pooled = output.pooler_output if rows is None else output.pooler_output[rows]
+        logits = self.tia_head(pooled)
+        if self.tia_match_head is not None:
+            logits = logits + self.tia_match_head(self._segment_agreement(output, rows))
+        return logits
+
+    def _segment_agreement(self, output: FashionBertOutput, rows: torch.Tensor | None) -> torch.Tensor:
+        """d * (text mean ⊙ image mean), both projected into the ITC space and unit length.
+
+        Scaled by d so that the elements are O(1) and their sum is d x cosine.
+        """
+        hidden, mask, t = output.last_hidden_state, output.attention_mask, output.text_length
+        if rows is not None:
+            hidden, mask = hidden[rows], mask[rows]
+        text = F.normalize(self.itc_projection(_masked_mean(hidden[:, :t], mask[:, :t])).float(), dim=-1)
+        image = F.normalize(self.itc_projection(_masked_mean(hidden[:, t:], mask[:, t:])).float(), dim=-1)
+        return (text * image * text.shape[-1]).to(self.tia_match_head.weight.dtype)
 
     def itc_embedding(self, output: FashionBertOutput) -> torch.Tensor:
         """Masked mean of the last layer -> projection -> unit vector (what FAISS indexes)."""
-        mask = output.attention_mask.unsqueeze(-1).to(output.last_hidden_state.dtype)
-        pooled = (output.last_hidden_state * mask).sum(1) / mask.sum(1).clamp_min(1.0)
+        pooled = _masked_mean(output.last_hidden_state, output.attention_mask)
         return F.normalize(self.itc_projection(pooled).float(), dim=-1)
 
     def temperature_scale(self) -> torch.Tensor:
         return self.logit_scale.clamp(0, math.log(100)).exp()
+
+
+def _masked_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over the positions whose mask is 1 (zero vector where there are none)."""
+    weights = mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * weights).sum(1) / weights.sum(1).clamp_min(1.0)

@@ -52,8 +52,38 @@ def test_joint_sequence_layout_and_heads(fb):
     assert model.mlm_logits(out.last_hidden_state[:, :t]).shape == (2, t, model.config.vocab_size)
     assert model.mpm_logits(out.last_hidden_state[:, t:]).shape == (2, 64, 48)
     assert model.mpm_head.bias is None
-    assert model.tia_logits(out.pooler_output).shape == (2, 2)
+    assert model.tia_logits(out).shape == (2, 2) and model.tia_logits(out, torch.tensor([True, False])).shape == (1, 2)
     assert model.cls.predictions.decoder.weight is model.bert.embeddings.word_embeddings.weight  # tied
+
+
+def test_tia_reads_the_agreement_of_the_two_segments_in_the_itc_space(fb, tokenizer):
+    """With the pooler path silenced, the match logit is d x cosine of the projected segment means."""
+    model = fb.model.eval()
+    assert model.config.tia_match_features and model.tia_match_head is not None
+    batch = fb.tokenize(TEXTS[:3], "T")
+    out = model(**batch, patch_features=torch.from_numpy(feats(3)).float())
+    t, d = out.text_length, model.config.itc_dim
+    with torch.no_grad():
+        saved = [p.clone() for p in (*model.tia_head.parameters(), *model.tia_match_head.parameters())]
+        for p in (*model.tia_head.parameters(), *model.tia_match_head.parameters()):
+            p.zero_()
+        model.tia_match_head.weight[1] = 1.0
+        logits = model.tia_logits(out)
+        for p, v in zip((*model.tia_head.parameters(), *model.tia_match_head.parameters()), saved):
+            p.copy_(v)
+
+        def side(h, m):
+            m = m.unsqueeze(-1).float()
+            return torch.nn.functional.normalize(model.itc_projection((h * m).sum(1) / m.sum(1)), dim=-1)
+
+        h, m = out.last_hidden_state, out.attention_mask
+        cosine = (side(h[:, :t], m[:, :t]) * side(h[:, t:], m[:, t:])).sum(-1)
+    torch.testing.assert_close(logits[:, 0], torch.zeros(3))
+    torch.testing.assert_close(logits[:, 1], d * cosine, rtol=1e-4, atol=1e-4)
+    # A config from before the match features (the default when config.json lacks the key) has the pooler head only.
+    old = FashionBertModel(FashionBertConfig(**{**model.config.to_dict(), "tia_match_features": False}))
+    assert old.tia_match_head is None and old.tia_logits(old(**batch, patch_features=torch.zeros(3, 64, 48))).shape == (3, 2)
+    assert FashionBertConfig().tia_match_features is False
 
 
 def test_patch_mask_hides_the_image(fb):

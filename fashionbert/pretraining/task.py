@@ -10,7 +10,7 @@ them (fixed or adaptive weights) is the caller's business.
   of the head's cost.
 * ``mpm`` - KL(softmax(original feature) || softmax(prediction)) over the
   feature dimensions of the zeroed patches.
-* ``tia`` - 2-way classification of the pooled joint sequence (matched vs an
+* ``tia`` - 2-way classification of the joint sequence (matched vs an
   image of another product of the same sub-category), on the batch's clean
   (unmasked) rows - see :class:`~fashionbert.pretraining.data.PretrainCollator`.
 * ``itc`` - symmetric InfoNCE between text-alone and image-alone encodings
@@ -73,7 +73,7 @@ class PretrainingTask(nn.Module):
                     )
             rows = batch["tia_rows"]
             if "tia" in self.tasks and rows.any():
-                logits = self.model.tia_logits(joint.pooler_output[rows]).float()
+                logits = self.model.tia_logits(joint, rows).float()
                 labels = batch["tia_labels"][rows]
                 losses["tia"] = F.cross_entropy(logits, labels)
                 stats["tia_acc"] = float((logits.argmax(-1) == labels).float().mean())
