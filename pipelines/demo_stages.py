@@ -115,7 +115,8 @@ def ensure_tag_eval(tagger: Path, catalog: Path, features: Path, out: Path, *, e
 
 def tag_eval_line(metrics: dict[str, float]) -> str:
     parts = [f"{label} {metrics[f'{key}.f1@3']:.3f}" for key, label in
-             (("model", "tagger"), ("late_fusion", "late-fusion linear"), ("most_frequent", "most frequent"))
+             (("model", "tagger"), ("late_fusion", "late-fusion linear"), ("joint_probe", "joint-pass linear probe"),
+              ("most_frequent", "most frequent"))
              if f"{key}.f1@3" in metrics]
     return "tags: held-out F1@3 " + " | ".join(parts) + (f" (P@1 {metrics['model.p@1']:.3f})" if "model.p@1" in metrics else "")
 

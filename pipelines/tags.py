@@ -259,12 +259,14 @@ def evaluate_tagger(tagger_dir: Path, catalog: Path, features: Path, json_out: P
         train_tags = [train.tags[i] for i in train_rows]
         frequent = MostFrequentTags(TagVocabulary.build(train_tags, 1))
         metrics |= _prefixed("most_frequent", score_metrics(frequent.scores(len(rows)), frequent.vocabulary.tags, truth))
-        x_train = pooled_features(tagger.trunk, train, train_rows, tagger.config.max_views, batch_size)
-        x_held = pooled_features(tagger.trunk, held, rows, tagger.config.max_views, batch_size)
         y = tagger.vocabulary.encode(train_tags)
-        linear = LateFusionLinear.fit(x_train, y, pos_weight=pos_weights(y, TrainOptions().max_pos_weight),
-                                      seed=train_cfg.seed)
-        metrics |= _prefixed("late_fusion", score_metrics(linear.scores(x_held), tagger.vocabulary.tags, truth))
+        # late fusion: separate text and image passes; joint_probe: the same linear layer on the joint pass
+        for name, passes in (("late_fusion", "separate"), ("joint_probe", "joint")):
+            x_train = pooled_features(tagger.trunk, train, train_rows, tagger.config.max_views, batch_size, passes)
+            x_held = pooled_features(tagger.trunk, held, rows, tagger.config.max_views, batch_size, passes)
+            linear = LateFusionLinear.fit(x_train, y, pos_weight=pos_weights(y, TrainOptions().max_pos_weight),
+                                          seed=train_cfg.seed)
+            metrics |= _prefixed(name, score_metrics(linear.scores(x_held), tagger.vocabulary.tags, truth))
     if ablations and train_cfg is not None:
         for name, values in run_ablations(train_cfg, catalog, features, seeds=seeds, echo=echo).items():
             metrics |= _prefixed(f"ablation.{name}", values)
@@ -296,9 +298,9 @@ def run_ablations(cfg: TagTrainConfig, heldout_catalog: Path, heldout_features: 
     cache = held_cache = None
     if base.freeze_trunk:
         echo("tags ablations: computing the frozen trunk's states once for all runs")
-        cache = StateCache(trunk, train, base.max_views)
+        cache = StateCache(trunk, train, base.max_views, passes=base.trunk_passes)
         cache.warm(tagged_rows(train, cfg.catalog), VARIANTS if options.modality_dropout > 0 else ("full",))
-        held_cache = StateCache(trunk, held, base.max_views)
+        held_cache = StateCache(trunk, held, base.max_views, passes=base.trunk_passes)
         held_cache.warm(rows)
     table: dict[str, dict[str, float]] = {}
     for name, switches in ABLATIONS.items():

@@ -40,6 +40,8 @@ def train(
     patience: Annotated[int, typer.Option(min=1, help="Epochs without a better validation F1@3 before stopping.")] = 10,
     max_views: Annotated[int, typer.Option(min=1, help="Image views per product (one trunk pass each).")] = 1,
     min_tag_count: Annotated[int, typer.Option(min=1, help="Tags on fewer training products are not predicted.")] = 2,
+    trunk_passes: Annotated[str, typer.Option(help="joint (one title+image pass) | separate (text and image passes; "
+                                                   "the head alone fuses them).")] = "joint",
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
 ) -> None:
     """Train a tagger on a catalog's tags, photos and titles.
@@ -56,7 +58,7 @@ def train(
     cfg = TagTrainConfig(catalog=catalog, features=features, checkpoint=checkpoint, out=out, max_minutes=max_minutes,
                          epochs=epochs, fine_tune_trunk=fine_tune_trunk, loss=loss, seed=seed, batch_size=batch_size, lr=lr,
                          patience=patience, device=device,
-                         head={"max_views": max_views, "min_tag_count": min_tag_count})
+                         head={"max_views": max_views, "min_tag_count": min_tag_count, "trunk_passes": trunk_passes})
     typer.echo(train_tagger(cfg, echo=typer.echo).line())
 
 

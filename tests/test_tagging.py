@@ -218,12 +218,31 @@ def test_states_come_from_one_joint_pass_and_missing_modalities_are_masked(tag_d
     assert torch.allclose(head(back), head(x), atol=1e-5)  # the cache's unpadded round trip changes nothing
 
 
+def test_separate_passes_keep_the_modalities_apart(tag_data: TagData):  # noqa: F811
+    """Late-fusion input: the text states ignore the picture and the patch states ignore the title."""
+    trunk = FashionBert.from_pretrained(tag_data.checkpoint)
+    feats = np.random.default_rng(1).normal(size=(2, 64, 1280)).astype(np.float32)
+    x = encode_states(trunk, ["red floral dress", "red floral dress", "blue shirt"], [feats[:1], feats[1:], feats[:1]],
+                      max_views=1, passes="separate")
+    tok = trunk.tokenize(["red floral dress"], "T")
+    n = int(tok["attention_mask"].sum())
+    with torch.no_grad():
+        alone = trunk.model(**tok).last_hidden_state[0]
+        image = trunk.model.encode_image_only(torch.from_numpy(feats[:1])).last_hidden_state[0, 2:]
+    assert torch.allclose(x.text[0, 0, :n], alone, atol=1e-4) and torch.allclose(x.text[1, 0, :n], alone, atol=1e-4)
+    assert torch.allclose(x.patches[0, 0], image, atol=1e-4) and torch.allclose(x.patches[2, 0], image, atol=1e-4)
+    joint = encode_states(trunk, ["red floral dress", "blue shirt"], [feats[:1], feats[:1]], max_views=1)
+    assert not torch.allclose(joint.patches[0, 0], joint.patches[1, 0], atol=1e-3)  # the joint pass mixes the title in
+    with pytest.raises(ValueError, match="passes"):
+        encode_states(trunk, ["x"], [None], max_views=1, passes="early")
+
+
 # ----------------------------------------------------------------------------- training and inference
 def test_training_beats_the_most_frequent_baseline_on_held_out_f1_at_3(trained: Path, tag_data: TagData):  # noqa: F811
     metrics = evaluate_tagger(trained, tag_data.test_catalog, tag_data.test_features, echo=lambda _: None)
     assert metrics["model.n"] == 30
     assert metrics["model.f1@3"] > metrics["most_frequent.f1@3"] + 0.05, metrics
-    assert {"model.p@1", "model.r@3", "model.hit@5", "late_fusion.f1@3", "most_frequent.p@5"} <= set(metrics)
+    assert {"model.p@1", "model.r@3", "model.hit@5", "late_fusion.f1@3", "joint_probe.f1@3", "most_frequent.p@5"} <= set(metrics)
 
 
 def test_missing_image_or_title_still_yield_tags(trained: Path, tag_data: TagData):  # noqa: F811
@@ -322,7 +341,8 @@ def test_baselines_are_fitted_on_the_taggers_own_training_rows(trained: Path, ta
     monkeypatch.setattr(LateFusionLinear, "fit", classmethod(counting_fit))
     evaluate_tagger(trained, tag_data.test_catalog, tag_data.test_features, echo=lambda _: None)
     record = json.loads((trained / "tagger_info.json").read_text())["train"]
-    assert fitted_rows == [len(training_split(data, record["val_fraction"], record["seed"])[0])]
+    # two linear fits (late fusion on separate passes, the joint-pass probe), both on the tagger's rows
+    assert fitted_rows == [len(training_split(data, record["val_fraction"], record["seed"])[0])] * 2
     assert fitted_rows[0] < len(train_rows) + len(val_rows)  # the validation rows stay unseen by the baseline too
 
 

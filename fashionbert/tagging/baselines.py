@@ -4,8 +4,11 @@
   What a tag box pre-filled with "popular tags" gives a merchant.
 * :class:`LateFusionLinear`: a linear multi-label classifier (logistic regression per tag,
   trained with torch) on the concatenation of the mean-pooled text token states and the
-  mean-pooled patch states of the same frozen trunk: the same information as the tagger,
-  without attention or bilinear interaction.
+  mean-pooled patch states of the same frozen trunk, each modality encoded on its own
+  (a text-only and an image-only pass): late fusion, nothing crosses between text and image
+  before the linear layer. Fed the joint pass's states instead, the same classifier is a
+  *linear probe of the cross encoder* (reported too): there the trunk's 4 layers of joint
+  attention have already fused the modalities, so it is not a late-fusion model.
 """
 
 from __future__ import annotations
@@ -44,12 +47,12 @@ def pooled_inputs(x: HeadInputs) -> torch.Tensor:
 
 @torch.no_grad()
 def pooled_features(trunk: FashionBert, data: TagDataset, rows: Sequence[int] | None = None, max_views: int = 1,
-                    batch_size: int = 64) -> np.ndarray:
-    """Late-fusion features of ``rows`` of ``data``: float32 [n, 2H] from the frozen trunk's joint passes
-    (the same passes the tagger's head reads; views are loaded one batch at a time)."""
+                    batch_size: int = 64, passes: str = "separate") -> np.ndarray:
+    """Mean-pooled features of ``rows`` of ``data``: float32 [n, 2H] from the frozen trunk's
+    ``passes`` (:func:`~fashionbert.tagging.tagger.encode_states`; views are loaded one batch at a time)."""
     trunk.model.eval()
     rows = list(range(len(data))) if rows is None else list(rows)
-    parts = [pooled_inputs(encode_states(trunk, *data.inputs(rows[i:i + batch_size]), max_views)).cpu()
+    parts = [pooled_inputs(encode_states(trunk, *data.inputs(rows[i:i + batch_size]), max_views, passes)).cpu()
              for i in range(0, len(rows), batch_size)]
     return torch.cat(parts).numpy() if parts else np.zeros((0, 2 * trunk.config.hidden_size), np.float32)
 

@@ -38,6 +38,10 @@ class TaggerConfig:
     freeze_trunk: bool = True
     min_tag_count: int = 2  # tags seen fewer times in the training catalog are not predicted
     max_views: int = 1  # image views per product read (each costs one joint trunk pass; the API has the first)
+    # "joint": the head reads one [CLS] title [SEP] patches pass (tokens and patches have already met);
+    # "separate": a text-only and an image-only pass, so the head's co-attention and fusion are
+    # the only place the two modalities meet (docs/design.md item 36).
+    trunk_passes: str = "joint"
 
     def __post_init__(self) -> None:
         for name in ("hidden_size", "attention_dim", "mfb_k", "mfb_o", "glimpses", "max_views"):
@@ -45,6 +49,8 @@ class TaggerConfig:
                 raise ValueError(f"TaggerConfig.{name} must be >= 1, got {getattr(self, name)}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"TaggerConfig.dropout must be in [0, 1), got {self.dropout}")
+        if self.trunk_passes not in ("joint", "separate"):
+            raise ValueError(f"TaggerConfig.trunk_passes must be 'joint' or 'separate', got {self.trunk_passes!r}")
         if self.min_tag_count < 1:
             raise ValueError(f"TaggerConfig.min_tag_count must be >= 1, got {self.min_tag_count}")
 

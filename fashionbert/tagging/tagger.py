@@ -69,11 +69,21 @@ def as_views(views: Views, max_views: int, num_patches: int, feature_dim: int) -
     return arr[:max_views].astype(np.float32, copy=False)
 
 
-def encode_states(trunk: FashionBert, titles: Sequence[str | None], views: Sequence[Views], max_views: int) -> HeadInputs:
-    """Joint trunk passes of every (title, view) pair, padded into the head's [B, V, ...] layout.
+PASSES = ("joint", "separate")
 
+
+def encode_states(trunk: FashionBert, titles: Sequence[str | None], views: Sequence[Views], max_views: int,
+                  passes: str = "joint") -> HeadInputs:
+    """Trunk states of every (title, view) pair, padded into the head's [B, V, ...] layout.
+
+    ``passes="joint"``: one ``[CLS] title [SEP] patches`` pass, tokens and patches have already
+    attended to each other. ``"separate"``: a text-only pass and an image-only pass (the
+    ``[CLS] [SEP] patches`` sequence the index's image vectors come from), so nothing crosses
+    between the modalities before the head - what a late-fusion model must be fed.
     Differentiable w.r.t. the trunk (the caller picks no_grad for a frozen trunk).
     """
+    if passes not in PASSES:
+        raise ValueError(f"passes must be one of {PASSES}, got {passes!r}")
     if len(titles) != len(views):
         raise ValueError(f"{len(titles)} titles but {len(views)} view sets: they must pair up")
     cfg = trunk.config
@@ -92,13 +102,21 @@ def encode_states(trunk: FashionBert, titles: Sequence[str | None], views: Seque
     patches_in = torch.zeros((n, p, d), dtype=torch.float32)
     if has.any():
         patches_in[has] = torch.from_numpy(np.stack([f for f in feats if f is not None]))
-    out = trunk.model(**tok, patch_features=patches_in.to(device), patch_attention_mask=has.long().to(device))
-    t = out.text_length
-    hidden = out.last_hidden_state.float()
-    h = hidden.shape[-1]
+    if passes == "joint":
+        out = trunk.model(**tok, patch_features=patches_in.to(device), patch_attention_mask=has.long().to(device))
+        t = out.text_length
+        text_hidden, patch_hidden = out.last_hidden_state[:, :t].float(), out.last_hidden_state[:, t:].float()
+    else:
+        text_hidden = trunk.model(**tok).last_hidden_state.float()
+        t = text_hidden.shape[1]
+        patch_hidden = text_hidden.new_zeros(n, p, text_hidden.shape[-1])
+        if has.any():  # "[CLS] [SEP] patches": the states after the two markers
+            image = trunk.model.encode_image_only(patches_in[has].to(device)).last_hidden_state[:, 2:].float()
+            patch_hidden[has.to(device)] = image
+    h = text_hidden.shape[-1]
     index = (torch.tensor(owner) * nv + torch.tensor(slot)).to(device)
-    text = hidden.new_zeros(bsz * nv, t, h).index_copy(0, index, hidden[:, :t])
-    patches = hidden.new_zeros(bsz * nv, p, h).index_copy(0, index, hidden[:, t:])
+    text = text_hidden.new_zeros(bsz * nv, t, h).index_copy(0, index, text_hidden)
+    patches = text_hidden.new_zeros(bsz * nv, p, h).index_copy(0, index, patch_hidden)
     tmask = torch.zeros(bsz * nv, t, dtype=torch.bool, device=device)
     tmask[index] = tok["attention_mask"].bool()
     pmask = torch.zeros(bsz * nv, p, dtype=torch.bool, device=device)
@@ -199,7 +217,7 @@ class Tagger:
 
     # ------------------------------------------------------------------ inference
     def encode(self, titles: Sequence[str | None], views: Sequence[Views]) -> HeadInputs:
-        return encode_states(self.trunk, titles, views, self.config.max_views)
+        return encode_states(self.trunk, titles, views, self.config.max_views, self.config.trunk_passes)
 
     def eval(self) -> Tagger:
         self.trunk.model.eval()

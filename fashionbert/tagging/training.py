@@ -114,8 +114,8 @@ class FitResult:
 class StateCache:
     """Frozen-trunk states per (row, variant) of one dataset, computed on first use."""
 
-    def __init__(self, trunk: FashionBert, data: TagDataset, max_views: int, batch_size: int = 64):
-        self.trunk, self.data, self.max_views, self.batch_size = trunk, data, max_views, batch_size
+    def __init__(self, trunk: FashionBert, data: TagDataset, max_views: int, batch_size: int = 64, passes: str = "joint"):
+        self.trunk, self.data, self.max_views, self.batch_size, self.passes = trunk, data, max_views, batch_size, passes
         self._states: dict[tuple[int, str], ProductStates] = {}
 
     def __len__(self) -> int:
@@ -132,7 +132,7 @@ class StateCache:
         for i in range(0, len(keys), self.batch_size):
             chunk = keys[i:i + self.batch_size]
             titles, views = self.data.inputs([r for r, _ in chunk], [v for _, v in chunk])
-            for key, states in zip(chunk, split_states(encode_states(self.trunk, titles, views, self.max_views))):
+            for key, states in zip(chunk, split_states(encode_states(self.trunk, titles, views, self.max_views, self.passes))):
                 self._states[key] = states
 
     def batch(self, rows: Sequence[int], variants: Sequence[str]) -> HeadInputs:
@@ -213,7 +213,7 @@ def fit_tagger(trunk: FashionBert, data: TagDataset, config: TaggerConfig = Tagg
     for p in trunk.model.parameters():
         p.requires_grad_(not frozen)
     if frozen and cache is None:
-        cache = StateCache(trunk, data, tagger.config.max_views, options.encode_batch_size)
+        cache = StateCache(trunk, data, tagger.config.max_views, options.encode_batch_size, tagger.config.trunk_passes)
     if not frozen:
         cache = None
     targets = torch.from_numpy(vocabulary.encode(data.tags))
