@@ -28,6 +28,8 @@ def pretrain(
     loss_weighting: Annotated[str, typer.Option(help="adaptive-grad | adaptive-softmax | fixed")] = "adaptive-grad",
     tasks: Annotated[str, typer.Option(help="Comma-separated subset of mlm,mpm,tia,itc.")] = "mlm,mpm,tia,itc",
     clean_fraction: Annotated[float, typer.Option(min=0.0, max=1.0, help="Rows kept unmasked for TIA (0: FashionBERT's single corrupted pass).")] = 0.0,
+    tia_negatives: Annotated[str, typer.Option(help="sub-category (a random image of the same sub-category) | "
+                                                    "itc-hard (drawn by ITC similarity, ALBEF).")] = "sub-category",
     tokenizer: Annotated[Path | None, typer.Option(help="Local tokenizer folder (default: train one on the catalog).")] = None,
     bert_init: Annotated[Path | None, typer.Option(help="Local BERT folder to initialise the trunk.")] = None,
     seed: Annotated[int, typer.Option()] = 0,
@@ -51,7 +53,7 @@ def pretrain(
         catalog=catalog, features=features, out=out, model_config=model, steps=steps, max_minutes=max_minutes,
         batch_size=batch_size, grad_accum=grad_accum, lr=lr, warmup_steps=warmup_steps, loss_weighting=loss_weighting,
         tasks=tuple(t.strip() for t in tasks.split(",") if t.strip()), tokenizer=tokenizer, bert_init=bert_init,
-        clean_fraction=clean_fraction,
+        clean_fraction=clean_fraction, tia_negatives=tia_negatives,
         seed=seed, device=device, save_every=save_every,
     )
     result = run_pretrain(cfg, echo=typer.echo)

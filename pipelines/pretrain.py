@@ -95,6 +95,7 @@ class PretrainConfig:
     mpm_probability: float = 0.1
     tia_negative_fraction: float = 0.5
     clean_fraction: float = 0.0  # rows left unmasked for TIA; 0 = FashionBERT's single corrupted pass
+    tia_negatives: str = "sub-category"  # or "itc-hard": negatives drawn by ITC similarity (ALBEF)
     seed: int = 0
     device: str = "auto"
     save_every: int = 200
@@ -302,7 +303,7 @@ def pretrain(cfg: PretrainConfig, echo: Callable[[str], None] = print, progress:
     tokenizer = _tokenizer(cfg, catalog.texts, echo)
     model = build_model(cfg, tokenizer, store.feature_dim, echo).to(device)
     model.train()
-    task = PretrainingTask(model, cfg.tasks)
+    task = PretrainingTask(model, cfg.tasks, cfg.tia_negatives)
     weighting = build_loss_weighting(cfg.loss_weighting)
     masker = WholeWordMasker(tokenizer, user_words=cfg.user_words, seed=cfg.seed)
     collator = PretrainCollator(

@@ -139,6 +139,32 @@ def test_task_returns_named_losses_and_each_can_be_switched_off(data, corpus):
         PretrainingTask(model, ["nsp"])
 
 
+def test_hard_negatives_follow_the_itc_similarity(data, corpus):
+    """Known answer: each text is (at temperature 1/100) nearest one other image; that image becomes its negative."""
+    model = FashionBertModel(named_config("tiny", data["tokenizer"], 3, **TINY))
+    with torch.no_grad():
+        model.logit_scale.fill_(np.log(100.0))
+    eye = torch.eye(4, dtype=torch.bool)
+    image_features = torch.arange(1, 5, dtype=torch.float32)[:, None, None].expand(4, 64, 3).clone()  # image j is all j+1
+    zeroed = torch.zeros(4, 64, dtype=torch.bool)
+    zeroed[:, 0] = True
+    batch = {"patch_features": image_features.clone(), "image_features": image_features, "zeroed_patches": zeroed,
+             "tia_labels": torch.tensor([1, 0, 0, 0]), "itc_same_text": eye, "itc_same_product": eye,
+             "sub_category_ids": torch.tensor([0, 0, 1, 1]), "negative_seed": torch.tensor(5)}
+    text = torch.eye(4, 8)
+    image = torch.eye(4, 8)[[3, 0, 1, 2]]  # text 1 ~ image 2, text 2 ~ image 3, text 3 ~ image 0
+    task = PretrainingTask(model, tia_negatives="itc-hard")
+    patches, same_sub = task._hard_negatives(batch, text, image)
+    assert torch.equal(patches[0], image_features[0])  # the positive row is untouched
+    for row, mined in ((1, 2), (2, 3), (3, 0)):
+        assert torch.all(patches[row, 1:] == mined + 1) and torch.all(patches[row, 0] == 0)  # its zeroed patch stays zero
+    assert same_sub == pytest.approx(1 / 3)  # only 2 -> 3 stays in its sub-category
+    with pytest.raises(ValueError, match="itc task"):
+        PretrainingTask(model, ["mlm", "tia"], tia_negatives="itc-hard")
+    with pytest.raises(ValueError, match="tia_negatives"):
+        PretrainingTask(model, tia_negatives="random")
+
+
 def _cfg(data, out, **kw) -> PretrainConfig:
     base = dict(catalog=data["catalog_path"], features=data["root"] / "features", out=out, steps=6, batch_size=8,
                 warmup_steps=2, save_every=100, model_overrides=TINY, vocab_size=600, device="cpu")
@@ -163,18 +189,20 @@ def test_pretrain_writes_a_loadable_checkpoint_log_and_plot(data, tmp_path):
     assert (tmp_path / "run" / "training_config.json").is_file()
 
 
-def test_resume_after_interruption_is_an_identical_continuation(data, tmp_path):
-    pretrain(_cfg(data, tmp_path / "straight"), echo=lambda s: None, progress=False)
-    stopped = pretrain(_cfg(data, tmp_path / "resumed", stop_at_step=3), echo=lambda s: None, progress=False)
+@pytest.mark.parametrize("negatives", ["sub-category", "itc-hard"])
+def test_resume_after_interruption_is_an_identical_continuation(data, tmp_path, negatives):
+    pretrain(_cfg(data, tmp_path / "straight", tia_negatives=negatives), echo=lambda s: None, progress=False)
+    stopped = pretrain(_cfg(data, tmp_path / "resumed", stop_at_step=3, tia_negatives=negatives), echo=lambda s: None,
+                       progress=False)
     assert stopped.stopped_by == "stop_at_step" and not (tmp_path / "resumed" / "model.safetensors").exists()
     lines: list[str] = []
-    resumed = pretrain(_cfg(data, tmp_path / "resumed"), echo=lines.append, progress=False)
+    resumed = pretrain(_cfg(data, tmp_path / "resumed", tia_negatives=negatives), echo=lines.append, progress=False)
     assert resumed.resumed_from == 3 and "pretrain: resuming from step 3" in lines
     a = load_file(tmp_path / "straight" / "model.safetensors")
     b = load_file(tmp_path / "resumed" / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     with pytest.raises(ValueError, match="another configuration"):
-        pretrain(_cfg(data, tmp_path / "resumed", lr=1e-3), echo=lambda s: None, progress=False)
+        pretrain(_cfg(data, tmp_path / "resumed", lr=1e-3, tia_negatives=negatives), echo=lambda s: None, progress=False)
 
 
 def test_time_budget_stops_training(data, tmp_path):

@@ -328,6 +328,7 @@ class PretrainCollator:
         patch_mask = zeroed & (tia == 1)[:, None]  # MPM loss only where text and image match
         seg = torch.tensor(segments, dtype=torch.long)
         text_ids = self._pad(ids, pad)
+        sub_ids: dict[str, int] = {}
         return {
             "input_ids": self._pad(masked, pad),
             "text_input_ids": text_ids,
@@ -343,4 +344,7 @@ class PretrainCollator:
             "tia_rows": torch.from_numpy(clean if self.clean_fraction > 0 else np.ones(n, dtype=bool)),
             "itc_same_text": torch.tensor([[a == b for b in texts] for a in texts]),
             "itc_same_product": torch.tensor([[a.key == b.key for b in records] for a in records]),
+            "sub_category_ids": torch.tensor([sub_ids.setdefault(r.sub_category, len(sub_ids)) for r in records]),
+            # Drawn last, so that adding it changed none of the draws above: seeds the task's negative mining.
+            "negative_seed": torch.tensor(int(rng.integers(2**31 - 1))),
         }

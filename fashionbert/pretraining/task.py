@@ -13,6 +13,10 @@ them (fixed or adaptive weights) is the caller's business.
 * ``tia`` - 2-way classification of the joint sequence (matched vs an
   image of another product of the same sub-category), on the batch's clean
   (unmasked) rows - see :class:`~fashionbert.pretraining.data.PretrainCollator`.
+  With ``tia_negatives="itc-hard"`` (ALBEF's hard-negative mining) each negative
+  row's image is re-drawn from the batch with probability softmax(ITC similarity)
+  to its text - the images the dual encoder finds most confusable - so the cross
+  encoder learns the fine differences random-100 ranks by, not just the colour.
 * ``itc`` - symmetric InfoNCE between text-alone and image-alone encodings
   with in-batch (hence same-sub-category) negatives; exact duplicates of a
   text are not counted as negatives.
@@ -30,16 +34,22 @@ from fashionbert.modeling import FashionBertModel
 from fashionbert.text import IGNORE_INDEX
 
 TASKS = ("mlm", "mpm", "tia", "itc")
+TIA_NEGATIVES = ("sub-category", "itc-hard")
 
 
 class PretrainingTask(nn.Module):
-    def __init__(self, model: FashionBertModel, tasks: Iterable[str] = TASKS):
+    def __init__(self, model: FashionBertModel, tasks: Iterable[str] = TASKS, tia_negatives: str = "sub-category"):
         super().__init__()
         self.model = model
         self.tasks = tuple(tasks)
         unknown = set(self.tasks) - set(TASKS)
         if unknown or not self.tasks:
             raise ValueError(f"tasks must be a non-empty subset of {TASKS}, got {self.tasks}")
+        if tia_negatives not in TIA_NEGATIVES:
+            raise ValueError(f"tia_negatives must be one of {TIA_NEGATIVES}, got {tia_negatives!r}")
+        if tia_negatives == "itc-hard" and "itc" not in self.tasks:
+            raise ValueError("tia_negatives='itc-hard' mines with the ITC encodings: keep the itc task on")
+        self.tia_negatives = tia_negatives
 
     def shared_parameters(self) -> list[nn.Parameter]:
         """The trunk's last layer: where adaptive-grad weighting measures per-task gradient norms."""
@@ -48,12 +58,16 @@ class PretrainingTask(nn.Module):
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
         losses: dict[str, torch.Tensor] = {}
         stats: dict[str, float] = {}
+        single = self._single_side(batch) if "itc" in self.tasks else None
         if {"mlm", "mpm", "tia"} & set(self.tasks):
+            patches = batch["patch_features"]
+            if self.tia_negatives == "itc-hard" and "tia" in self.tasks and single is not None:
+                patches, stats["tia_hard_same_sub"] = self._hard_negatives(batch, *single)
             joint = self.model(
                 input_ids=batch["input_ids"],
                 token_type_ids=batch["token_type_ids"],
                 attention_mask=batch["attention_mask"],
-                patch_features=batch["patch_features"],
+                patch_features=patches,
             )
             t = joint.text_length
             if "mlm" in self.tasks:
@@ -77,19 +91,54 @@ class PretrainingTask(nn.Module):
                 labels = batch["tia_labels"][rows]
                 losses["tia"] = F.cross_entropy(logits, labels)
                 stats["tia_acc"] = float((logits.argmax(-1) == labels).float().mean())
-        if "itc" in self.tasks:
-            losses["itc"], stats["itc_acc"] = self._itc(batch)
+        if single is not None:
+            losses["itc"], stats["itc_acc"] = self._itc(batch, *single)
         return losses, stats
 
-    def _itc(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, float]:
+    def _single_side(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Text-alone and image-alone ITC encodings of the batch's rows (unit vectors)."""
         text = self.model.itc_embedding(self.model(
             input_ids=batch["text_input_ids"], token_type_ids=batch["token_type_ids"], attention_mask=batch["attention_mask"],
         ))
-        image = self.model.itc_embedding(self.model.encode_image_only(batch["image_features"]))
+        return text, self.model.itc_embedding(self.model.encode_image_only(batch["image_features"]))
+
+    @staticmethod
+    def _not_negative(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """[n, n]: another row with the very same text, or the same product, is not a negative."""
+        return batch["itc_same_text"] | batch["itc_same_product"]
+
+    @torch.no_grad()
+    def _hard_negatives(self, batch: dict[str, torch.Tensor], text: torch.Tensor,
+                        image: torch.Tensor) -> tuple[torch.Tensor, float]:
+        """The joint pass's patches with every negative row's image re-drawn by ITC similarity.
+
+        Drawn (not the arg-max) as in ALBEF, so a near-duplicate product does not become every
+        step's negative; seeded by the batch, so a resumed run draws the same. A re-drawn image
+        keeps the row's zeroed patches. Returns the patches and the share of mined images
+        from the text's own sub-category (a diagnostic: it rises as ITC learns).
+        """
+        patches = batch["patch_features"]
+        negative = torch.nonzero(batch["tia_labels"] == 0).squeeze(1)
+        if len(negative) == 0:
+            return patches, float("nan")
+        logits = (self.model.temperature_scale() * text @ image.T).float()
+        logits = logits.masked_fill(self._not_negative(batch), float("-inf"))[negative]
+        usable = torch.isfinite(logits).any(1)
+        negative, logits = negative[usable], logits[usable]
+        if len(negative) == 0:
+            return patches, float("nan")
+        generator = torch.Generator().manual_seed(int(batch["negative_seed"]))
+        chosen = torch.multinomial(logits.softmax(-1).cpu(), 1, generator=generator).squeeze(1).to(patches.device)
+        patches = patches.clone()
+        keep = ~batch["zeroed_patches"][negative]
+        patches[negative] = batch["image_features"][chosen].to(patches.dtype) * keep.unsqueeze(-1).to(patches.dtype)
+        same_sub = batch["sub_category_ids"][chosen] == batch["sub_category_ids"][negative]
+        return patches, float(same_sub.float().mean())
+
+    def _itc(self, batch: dict[str, torch.Tensor], text: torch.Tensor, image: torch.Tensor) -> tuple[torch.Tensor, float]:
         n = len(text)
         logits = self.model.temperature_scale() * text @ image.T
-        # Another row with the very same text, or the same product, is not a negative.
-        not_negative = (batch["itc_same_text"] | batch["itc_same_product"]) & ~torch.eye(n, dtype=torch.bool, device=logits.device)
+        not_negative = self._not_negative(batch) & ~torch.eye(n, dtype=torch.bool, device=logits.device)
         logits = logits.masked_fill(not_negative, float("-inf"))
         target = torch.arange(n, device=logits.device)
         loss = (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
