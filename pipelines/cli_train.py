@@ -31,7 +31,8 @@ def pretrain(
     tia_negatives: Annotated[str, typer.Option(help="sub-category (a random image of the same sub-category) | "
                                                     "itc-hard (drawn by ITC similarity, ALBEF).")] = "sub-category",
     tokenizer: Annotated[Path | None, typer.Option(help="Local tokenizer folder (default: train one on the catalog).")] = None,
-    bert_init: Annotated[Path | None, typer.Option(help="Local BERT folder to initialise the trunk.")] = None,
+    bert_init: Annotated[Path | None, typer.Option(help="Local BERT folder to initialise the trunk, or a packaged one: "
+                                                       "minilm (the default of --model small).")] = None,
     seed: Annotated[int, typer.Option()] = 0,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
     save_every: Annotated[int, typer.Option(min=1, help="Steps between resumable training-state saves.")] = 200,

@@ -39,7 +39,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from fashionbert.encoder import CheckpointError, FashionBert
-from fashionbert.text import extend_tokenizer, find_new_words, init_new_embeddings, is_wordpiece
+from fashionbert.text import grow_vocabulary, is_wordpiece
 from indexer.catalog import read_catalog
 from indexer.embeddings import checkpoint_sha256
 from pipelines.evaluate import EvalConfig, evaluate
@@ -194,9 +194,7 @@ def prepare_start_checkpoint(cfg: ContinueConfig, train_catalog: Path, echo: Ech
         texts = read_catalog(train_catalog, check_images="none").texts()
         if cfg.query_log is not None:
             texts += [q for q in pq.read_table(cfg.query_log, columns=["query"]).column("query").to_pylist() if q]
-        words = find_new_words(fb.tokenizer, texts, cfg.min_word_count, cfg.max_new_tokens)
-        grown = extend_tokenizer(fb.tokenizer, words)
-        added = init_new_embeddings(fb.model, fb.tokenizer, grown)
+        grown, added = grow_vocabulary(fb.model, fb.tokenizer, texts, cfg.min_word_count, cfg.max_new_tokens)
         fb = FashionBert(fb.model, grown)
         echo(f"continue-pretrain: vocabulary {len(grown) - len(added)} -> {len(grown)} tokens "
              f"(+{len(added)}: {', '.join(added[:12])}{' ...' if len(added) > 12 else ''})")

@@ -36,6 +36,7 @@ import os
 import random
 import shutil
 import time
+from typing import Any
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -57,7 +58,8 @@ from fashionbert.pretraining import (
     SubCategoryBatchSampler,
     queries_from_log,
 )
-from fashionbert.text import WholeWordMasker, load_tokenizer, train_tokenizer
+from fashionbert.packaged import DEFAULT_TRUNKS, resolve_trunk
+from fashionbert.text import WholeWordMasker, grow_vocabulary, is_wordpiece, load_tokenizer, train_tokenizer
 from fashionbert.training.loss_weighting import build_loss_weighting, combine
 from fashionbert.training.schedule import BudgetSchedule
 from indexer.catalog import read_catalog
@@ -74,8 +76,9 @@ class PretrainConfig:
     out: Path
     model_config: str = "tiny"
     init_from: Path | None = None  # a FashionBERT checkpoint (continue-pretraining)
-    bert_init: Path | None = None  # a plain BERT folder to initialise the trunk
+    bert_init: Path | str | None = None  # a plain BERT folder, or a packaged trunk's name ("minilm"), for the trunk
     tokenizer: Path | None = None
+    extend_vocabulary: bool = True  # with bert_init: add the catalog's words its vocabulary lacks (e.g. Chinese)
     query_log: Path | None = None  # click log (query, product_id, clicks): more segment-Q texts
     replay_catalogs: tuple[Path, ...] = ()  # old training data mixed into every batch ...
     replay_features: tuple[Path, ...] = ()  # ... with their patch features (row-aligned with the catalogs)
@@ -167,13 +170,22 @@ def _seed_all(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def trunk_source(cfg: PretrainConfig) -> Path | None:
+    """The BERT folder the trunk starts from: ``bert_init`` (a path or a packaged name), else the
+    named config's packaged default (``small`` -> MiniLM-L6), unless continuing from a checkpoint."""
+    if cfg.init_from is not None:
+        return None
+    source = cfg.bert_init if cfg.bert_init is not None else DEFAULT_TRUNKS.get(cfg.model_config)
+    return resolve_trunk(source) if source is not None else None
+
+
 def _tokenizer(cfg: PretrainConfig, catalog_texts: Callable[[], list[str]], echo: Callable[[str], None]):
     if cfg.tokenizer is not None:
         return load_tokenizer(cfg.tokenizer)
     if cfg.init_from is not None:
         return load_tokenizer(cfg.init_from)
-    if cfg.bert_init is not None:
-        return load_tokenizer(cfg.bert_init)
+    if (trunk := trunk_source(cfg)) is not None:
+        return load_tokenizer(trunk)
     texts = catalog_texts()
     echo(f"pretrain: no tokenizer given, training a WordPiece vocabulary on {len(texts)} catalog texts")
     return train_tokenizer(texts, vocab_size=cfg.vocab_size)
@@ -237,18 +249,27 @@ def build_corpus(cfg: PretrainConfig, catalog, store: FeatureStore, echo: Callab
     return corpus, MixedBatchSampler(subs, replay_subs, cfg.batch_size, cfg.replay_fraction, cfg.group_size, cfg.seed)
 
 
-def build_model(cfg: PretrainConfig, tokenizer, feature_dim: int, echo: Callable[[str], None]) -> FashionBertModel:
+def build_model(cfg: PretrainConfig, tokenizer, feature_dim: int, catalog_texts: Callable[[], list[str]],
+                echo: Callable[[str], None]) -> tuple[FashionBertModel, Any]:
+    """The model and the tokenizer it reads (grown when a packaged vocabulary lacks the catalog's words)."""
     if cfg.init_from is not None:
         model = FashionBert.from_pretrained(cfg.init_from).model
         if model.config.patch_feature_dim != feature_dim:
             raise ValueError(f"{cfg.init_from} expects {model.config.patch_feature_dim}-d patch features, got {feature_dim}-d")
-        return model
-    if cfg.bert_init is not None:
-        fb, report = FashionBert.from_bert(cfg.bert_init, feature_dim, tokenizer)
-        echo(f"pretrain: trunk from {cfg.bert_init}: {len(report['loaded'])} tensors loaded, "
+        return model, tokenizer
+    if (trunk := trunk_source(cfg)) is not None:
+        fb, report = FashionBert.from_bert(trunk, feature_dim, tokenizer, **cfg.model_overrides)
+        echo(f"pretrain: trunk from {trunk}: {len(report['loaded'])} tensors loaded, "
              f"{len(report['initialised'])} initialised ({', '.join(sorted({k.split('.')[0] for k in report['initialised']}))})")
-        return fb.model
-    return FashionBertModel(named_config(cfg.model_config, tokenizer, feature_dim, **cfg.model_overrides))
+        if cfg.extend_vocabulary and cfg.tokenizer is None and is_wordpiece(tokenizer):
+            # An English vocabulary maps every Chinese character to [UNK]: the catalog's missing words
+            # become whole tokens, starting from the mean of the pieces (or [UNK]) they replace.
+            tokenizer, added = grow_vocabulary(fb.model, tokenizer, catalog_texts())
+            if added:
+                echo(f"pretrain: vocabulary +{len(added)} catalog words ({', '.join(added[:10])}"
+                     f"{' ...' if len(added) > 10 else ''})")
+        return fb.model, tokenizer
+    return FashionBertModel(named_config(cfg.model_config, tokenizer, feature_dim, **cfg.model_overrides)), tokenizer
 
 
 def _save_state(out: Path, step: int, model, optimizer, scheduler, cfg: PretrainConfig) -> None:
@@ -301,7 +322,8 @@ def pretrain(cfg: PretrainConfig, echo: Callable[[str], None] = print, progress:
     store = FeatureStore(cfg.features)
     corpus, sampler = build_corpus(cfg, catalog, store, echo)
     tokenizer = _tokenizer(cfg, catalog.texts, echo)
-    model = build_model(cfg, tokenizer, store.feature_dim, echo).to(device)
+    model, tokenizer = build_model(cfg, tokenizer, store.feature_dim, catalog.texts, echo)
+    model = model.to(device)
     model.train()
     task = PretrainingTask(model, cfg.tasks, cfg.tia_negatives)
     weighting = build_loss_weighting(cfg.loss_weighting)

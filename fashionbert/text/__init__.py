@@ -7,7 +7,13 @@ from fashionbert.text.tokenizer import (
     tokenizer_fingerprint,
     train_tokenizer,
 )
-from fashionbert.text.vocab_extension import extend_tokenizer, find_new_words, init_new_embeddings, is_wordpiece
+from fashionbert.text.vocab_extension import (
+    extend_tokenizer,
+    find_new_words,
+    grow_vocabulary,
+    init_new_embeddings,
+    is_wordpiece,
+)
 from fashionbert.text.wwm import IGNORE_INDEX, WholeWordMasker
 
 __all__ = [
@@ -17,6 +23,7 @@ __all__ = [
     "WholeWordMasker",
     "extend_tokenizer",
     "find_new_words",
+    "grow_vocabulary",
     "init_new_embeddings",
     "is_wordpiece",
     "load_tokenizer",

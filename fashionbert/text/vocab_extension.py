@@ -26,7 +26,7 @@ from collections.abc import Iterable, Sequence
 import torch
 from transformers import BertTokenizerFast, PreTrainedTokenizerFast
 
-__all__ = ["extend_tokenizer", "find_new_words", "init_new_embeddings", "is_wordpiece"]
+__all__ = ["extend_tokenizer", "find_new_words", "grow_vocabulary", "init_new_embeddings", "is_wordpiece"]
 
 
 def is_wordpiece(tokenizer: PreTrainedTokenizerFast) -> bool:
@@ -120,3 +120,18 @@ def init_new_embeddings(
             if bias is not None:
                 bias[new_id] = bias[pieces].mean()
     return added
+
+
+def grow_vocabulary(
+    model: torch.nn.Module, tokenizer: PreTrainedTokenizerFast, texts: Iterable[str], min_count: int = 3,
+    max_new: int = 1000,
+) -> tuple[PreTrainedTokenizerFast, list[str]]:
+    """:func:`find_new_words` + :func:`extend_tokenizer` + :func:`init_new_embeddings` in one go.
+
+    Returns the grown tokenizer (``tokenizer`` itself when nothing was missing) and the new tokens.
+    """
+    words = find_new_words(tokenizer, texts, min_count, max_new)
+    if not words:
+        return tokenizer, []
+    grown = extend_tokenizer(tokenizer, words)
+    return grown, init_new_embeddings(model, tokenizer, grown)
