@@ -148,7 +148,7 @@ class FashionBertModel(BertPreTrainedModel):
         """[no match, match] logits of joint passes (``rows`` selects some of them).
 
         Why the match features: a pooler-only head learns nothing until the trunk
-        has discovered cross-modal attention, which took ~350 of the ~480 steps a
+        has discovered cross-modal attention, which took ~350 of the ~600 steps a
         20-minute CPU budget allows (docs/results.md). The product of the two
         segments' means in the ITC space - the space ITC aligns early - gives the
         head a direct path to "do the words and the picture agree", while the

@@ -36,10 +36,10 @@ import os
 import random
 import shutil
 import time
-from typing import Any
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
