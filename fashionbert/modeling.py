@@ -168,20 +168,19 @@ class FashionBertModel(BertPreTrainedModel):
         hidden, mask, t = output.last_hidden_state, output.attention_mask, output.text_length
         if rows is not None:
             hidden, mask = hidden[rows], mask[rows]
-        text = F.normalize(self.itc_projection(_masked_mean(hidden[:, :t], mask[:, :t])).float(), dim=-1)
-        image = F.normalize(self.itc_projection(_masked_mean(hidden[:, t:], mask[:, t:])).float(), dim=-1)
+        text, image = self._itc_vector(hidden[:, :t], mask[:, :t]), self._itc_vector(hidden[:, t:], mask[:, t:])
         return (text * image * text.shape[-1]).to(self.tia_match_head.weight.dtype)
 
     def itc_embedding(self, output: FashionBertOutput) -> torch.Tensor:
         """Masked mean of the last layer -> projection -> unit vector (what FAISS indexes)."""
-        pooled = _masked_mean(output.last_hidden_state, output.attention_mask)
+        return self._itc_vector(output.last_hidden_state, output.attention_mask)
+
+    def _itc_vector(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Masked mean of ``hidden`` over its positions -> ITC projection -> unit float32 vector."""
+        weights = mask.unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * weights).sum(1) / weights.sum(1).clamp_min(1.0)
         return F.normalize(self.itc_projection(pooled).float(), dim=-1)
 
     def temperature_scale(self) -> torch.Tensor:
         return self.logit_scale.clamp(0, math.log(100)).exp()
 
-
-def _masked_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean over the positions whose mask is 1 (zero vector where there are none)."""
-    weights = mask.unsqueeze(-1).to(hidden.dtype)
-    return (hidden * weights).sum(1) / weights.sum(1).clamp_min(1.0)

@@ -314,13 +314,11 @@ def evaluate_random100(
             else:
                 texts.extend(items[c].text for c in g.candidates)
                 feat_idx.extend([items[g.query].features_index] * n)
-    rows = np.asarray(feat_idx, dtype=np.int64)
-    if pair_scorer is not None:
-        scores = np.asarray(pair_scorer(texts, rows), dtype=np.float64).reshape(-1)
-        if scores.size != len(texts):
-            raise ValueError(f"pair_scorer returned {scores.size} scores for {len(texts)} pairs")
-    else:
-        scores = _score_all(model, texts, rows, features, batch_size)
+    if pair_scorer is None:
+        pair_scorer = lambda t, rows: _score_all(model, t, rows, features, batch_size)  # noqa: E731
+    scores = np.asarray(pair_scorer(texts, np.asarray(feat_idx, dtype=np.int64)), dtype=np.float64).reshape(-1)
+    if scores.size != len(texts):
+        raise ValueError(f"pair_scorer returned {scores.size} scores for {len(texts)} pairs")
 
     result: dict[str, Any] = {
         "protocol": "random100",
