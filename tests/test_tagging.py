@@ -235,6 +235,9 @@ def test_separate_passes_keep_the_modalities_apart(tag_data: TagData):  # noqa: 
     assert not torch.allclose(joint.patches[0, 0], joint.patches[1, 0], atol=1e-3)  # the joint pass mixes the title in
     with pytest.raises(ValueError, match="passes"):
         encode_states(trunk, ["x"], [None], max_views=1, passes="early")
+    with pytest.raises(ValueError, match="trunk_passes must be 'joint' or 'separate'"):
+        _config(trunk_passes="early")
+    assert TaggerConfig.from_dict(_config(trunk_passes="separate").to_dict()).trunk_passes == "separate"
 
 
 # ----------------------------------------------------------------------------- training and inference
