@@ -26,6 +26,7 @@ def pretrain(
     lr: Annotated[float | None, typer.Option(help="Peak learning rate (default: tiny 1e-3, small 5e-4, base 1e-4).")] = None,
     warmup_steps: Annotated[int, typer.Option(min=0)] = 100,
     loss_weighting: Annotated[str, typer.Option(help="adaptive-grad | adaptive-softmax | fixed")] = "adaptive-grad",
+    weighting_every: Annotated[int, typer.Option(min=1, help="adaptive-grad: re-solve the weights every N steps (1: every step, the paper's exact method).")] = 10,
     tasks: Annotated[str, typer.Option(help="Comma-separated subset of mlm,mpm,tia,itc.")] = "mlm,mpm,tia,itc",
     clean_fraction: Annotated[float, typer.Option(min=0.0, max=1.0, help="Rows kept unmasked for TIA (0: FashionBERT's single corrupted pass).")] = 0.0,
     tia_negatives: Annotated[str, typer.Option(help="sub-category (a random image of the same sub-category) | "
@@ -53,6 +54,7 @@ def pretrain(
     cfg = PretrainConfig(
         catalog=catalog, features=features, out=out, model_config=model, steps=steps, max_minutes=max_minutes,
         batch_size=batch_size, grad_accum=grad_accum, lr=lr, warmup_steps=warmup_steps, loss_weighting=loss_weighting,
+        weighting_every=weighting_every,
         tasks=tuple(t.strip() for t in tasks.split(",") if t.strip()), tokenizer=tokenizer, bert_init=bert_init,
         clean_fraction=clean_fraction, tia_negatives=tia_negatives,
         seed=seed, device=device, save_every=save_every,
@@ -94,6 +96,7 @@ def continue_pretrain(
     lr: Annotated[float | None, typer.Option(help="Peak learning rate (default: the checkpoint's pretraining rate).")] = None,
     warmup_steps: Annotated[int, typer.Option(min=0)] = 30,
     loss_weighting: Annotated[str, typer.Option(help="adaptive-grad | adaptive-softmax | fixed")] = "adaptive-grad",
+    weighting_every: Annotated[int, typer.Option(min=1, help="adaptive-grad: re-solve the weights every N steps (1: every step, the paper's exact method).")] = 10,
     query_probability: Annotated[float, typer.Option(min=0.0, max=1.0, help="Share of rows whose text is a query (segment Q) rather than a title.")] = 0.3,
     seed: Annotated[int, typer.Option()] = 0,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
@@ -117,7 +120,7 @@ def continue_pretrain(
         new_eval_catalog=new_eval_catalog, new_eval_features=new_eval_features, heldout_fraction=heldout_fraction,
         old_eval_catalog=old_eval_catalog, old_eval_features=old_eval_features, eval_queries=eval_queries,
         report=report, steps=steps, max_minutes=max_minutes, batch_size=batch_size, lr=lr, warmup_steps=warmup_steps,
-        loss_weighting=loss_weighting, query_probability=query_probability, seed=seed, device=device,
+        loss_weighting=loss_weighting, weighting_every=weighting_every, query_probability=query_probability, seed=seed, device=device,
     )
     result = run_continue(cfg, echo=typer.echo)
     if int(os.environ.get("RANK", "0")) != 0:

@@ -84,6 +84,7 @@ class ContinueConfig:
     lr: float | None = None  # None: the start checkpoint's own pretraining learning rate
     warmup_steps: int = 30
     loss_weighting: str = "adaptive-grad"
+    weighting_every: int = 10  # adaptive-grad: re-solve the weights every N steps
     tasks: tuple[str, ...] = ("mlm", "mpm", "tia", "itc")
     query_probability: float = 0.3  # as in pretraining; 0.5 (more Q rows) gained less on the new category (docs/results.md)
     seed: int = 0
@@ -280,7 +281,7 @@ def continue_pretrain(cfg: ContinueConfig, echo: Echo = print, progress: bool = 
     training_cfg = replace(PretrainConfig(
         catalog=train_catalog, features=Path(cfg.features), out=out, init_from=start, query_log=cfg.query_log,
         replay_catalogs=replay_catalogs, replay_features=replay_features, replay_fraction=cfg.replay_fraction,
-        tasks=tuple(cfg.tasks), loss_weighting=cfg.loss_weighting, steps=cfg.steps, max_minutes=cfg.max_minutes,
+        tasks=tuple(cfg.tasks), loss_weighting=cfg.loss_weighting, weighting_every=cfg.weighting_every, steps=cfg.steps, max_minutes=cfg.max_minutes,
         batch_size=cfg.batch_size, lr=lr, warmup_steps=cfg.warmup_steps, query_probability=cfg.query_probability,
         seed=cfg.seed, device=cfg.device, save_every=cfg.save_every,
     ), **cfg.training_overrides)

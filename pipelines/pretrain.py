@@ -85,6 +85,7 @@ class PretrainConfig:
     replay_fraction: float = 0.0  # share of each batch drawn from the replay data
     tasks: tuple[str, ...] = TASKS
     loss_weighting: str = "adaptive-grad"
+    weighting_every: int = 10  # adaptive-grad: re-solve the weights every N steps (the gradient norms cost ~20 % a step)
     steps: int = 2000
     max_minutes: float | None = None
     batch_size: int = 64
@@ -272,7 +273,7 @@ def build_model(cfg: PretrainConfig, tokenizer, feature_dim: int, catalog_texts:
     return FashionBertModel(named_config(cfg.model_config, tokenizer, feature_dim, **cfg.model_overrides)), tokenizer
 
 
-def _save_state(out: Path, step: int, model, optimizer, scheduler, cfg: PretrainConfig) -> None:
+def _save_state(out: Path, step: int, model, optimizer, scheduler, weighting, cfg: PretrainConfig) -> None:
     tmp = out / f".{STATE_DIR}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -281,6 +282,7 @@ def _save_state(out: Path, step: int, model, optimizer, scheduler, cfg: Pretrain
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
+        "weighting": weighting.state_dict(),
         "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
         "fingerprint": cfg.fingerprint(),
@@ -326,7 +328,8 @@ def pretrain(cfg: PretrainConfig, echo: Callable[[str], None] = print, progress:
     model = model.to(device)
     model.train()
     task = PretrainingTask(model, cfg.tasks, cfg.tia_negatives)
-    weighting = build_loss_weighting(cfg.loss_weighting)
+    weighting = build_loss_weighting(
+        cfg.loss_weighting, **({"every": cfg.weighting_every * cfg.grad_accum} if cfg.loss_weighting == "adaptive-grad" else {}))
     masker = WholeWordMasker(tokenizer, user_words=cfg.user_words, seed=cfg.seed)
     collator = PretrainCollator(
         corpus, masker, max_text_length=model.config.max_text_length, num_patches=model.config.num_patches,
@@ -352,6 +355,8 @@ def pretrain(cfg: PretrainConfig, echo: Callable[[str], None] = print, progress:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
+        if "weighting" in state:
+            weighting.load_state_dict(state["weighting"])
         torch.set_rng_state(state["rng"]["torch"])
         np.random.set_state(state["rng"]["numpy"])
         random.setstate(state["rng"]["python"])
@@ -410,7 +415,7 @@ def pretrain(cfg: PretrainConfig, echo: Callable[[str], None] = print, progress:
                 bar.set_postfix({**{k: f"{v:.3f}" for k, v in losses_f.items()},
                                  **{f"w_{k}": f"{v:.2f}" for k, v in weights_f.items()}, "samples/s": f"{rate:.1f}"})
             if ddp.main and (step % cfg.save_every == 0 or step == cfg.stop_at_step):
-                _save_state(out, step, model, optimizer, scheduler, cfg)
+                _save_state(out, step, model, optimizer, scheduler, weighting, cfg)
                 _write_log(log_path, log_rows)
             if step == cfg.stop_at_step:
                 return PretrainResult(out, step, resumed_from, time.perf_counter() - start, 0.0, losses_f, weights_f, "stop_at_step")
@@ -422,7 +427,7 @@ def pretrain(cfg: PretrainConfig, echo: Callable[[str], None] = print, progress:
             raise RuntimeError(f"model replicas diverged across ranks: {[float(g) for g in gathered]}")
     if ddp.main:
         if step > resumed_from:
-            _save_state(out, step, model, optimizer, scheduler, cfg)
+            _save_state(out, step, model, optimizer, scheduler, weighting, cfg)
         _write_log(log_path, log_rows)
         _plot_log(log_rows, out / "train_log.png")
         extra = {"training": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()},

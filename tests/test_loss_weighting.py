@@ -216,3 +216,37 @@ def test_build_loss_weighting() -> None:
     assert built.temperature == 2.0
     with pytest.raises(ValueError, match="fixed.*adaptive-grad.*adaptive-softmax"):
         build_loss_weighting("uncertainty")
+
+
+def test_adaptive_grad_every_n_reuses_weights_and_resumes_identically() -> None:
+    """every=3 re-solves on calls 0, 3, 6, ... (new norms), reuses in between, and a saved state continues alike."""
+    torch.manual_seed(0)
+    model = _TwoHeads()
+    shared = list(model.trunk.parameters())
+    inputs = [torch.randn(16, 4) * (1 + i) for i in range(7)]  # different batches: different norms each call
+
+    def run(weighting: AdaptiveGradWeighting, batches: list[torch.Tensor]) -> list[dict[str, float]]:
+        out = []
+        for x in batches:
+            weighting(model.losses(x), shared_parameters=shared)
+            out.append(dict(weighting.last_weights))
+        return out
+
+    every_call = run(AdaptiveGradWeighting(), inputs)
+    cached = AdaptiveGradWeighting(every=3)
+    seen = run(cached, inputs)
+    for i, weights in enumerate(seen):
+        assert weights == every_call[i - i % 3]  # the weights solved on the last due call
+    assert seen[1] != every_call[1]  # the batches differ, so reuse is observable
+
+    resumed_from = AdaptiveGradWeighting(every=3)
+    run(resumed_from, inputs[:4])
+    restored = AdaptiveGradWeighting(every=3)
+    restored.load_state_dict(resumed_from.state_dict())
+    assert run(restored, inputs[4:]) == seen[4:]
+
+    # Another set of tasks than the cached one is re-solved at once, not given stale keys.
+    weights = cached({"mlm": model.losses(inputs[0])["mlm"]}, shared_parameters=shared)
+    assert list(weights) == ["mlm"] and float(weights["mlm"]) == 1.0
+    with pytest.raises(ValueError, match="every"):
+        AdaptiveGradWeighting(every=0)
