@@ -19,8 +19,12 @@ SEGMENTS = {"T": SEGMENT_T, "I": SEGMENT_I, "Q": SEGMENT_Q}
 
 # Trunk shapes. `tiny` trains on a 2-core CPU in minutes; `small` matches the packaged MiniLM-L6
 # (all-MiniLM-L6-v2, 6x384) so its weights can initialise the trunk; `base` is BERT-base.
+# `tiny` has no dropout: it only ever trains for minutes, far from over-fitting, where dropout
+# slows learning down and its masks cost ~20 % of a CPU step (as "Cramming", Geiping &
+# Goldstein 2022, found for BERT on a one-day budget); docs/design.md item 40.
 NAMED_CONFIGS: dict[str, dict[str, Any]] = {
-    "tiny": dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, intermediate_size=1024),
+    "tiny": dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, intermediate_size=1024,
+                 hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0),
     "small": dict(hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536),
     "base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072),
 }
