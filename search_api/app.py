@@ -93,7 +93,7 @@ def create_app(settings: Settings) -> FastAPI:
             metrics.index_reloads.labels("ok").inc()
             metrics.index_count.set(state.snapshot.index.count)
 
-        watcher = asyncio.create_task(state.watch(on_switch=switched))
+        watcher = asyncio.create_task(state.watch(on_switch=switched, run_model_call=service.on_model_thread))
         try:
             yield
         finally:

@@ -351,7 +351,7 @@ class SearchService:
         if token is None or not _same(token, expected.get_secret_value()):
             raise Unauthorized("missing or wrong bearer token", code="unauthorized")
         try:
-            version, changed = await self.state.reload(force=True)
+            version, changed = await self.state.reload(force=True, run_model_call=self.on_model_thread)
         except Conflict:
             raise
         except Exception as exc:  # noqa: BLE001 - the old version keeps serving; tell the operator why

@@ -14,8 +14,10 @@ import asyncio
 import gc
 import logging
 import threading
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from fashionbert.encoder import CheckpointError
 from indexer.versions import IndexDir
@@ -25,6 +27,9 @@ from search_api.loaded_index import LoadedIndex
 from search_api.settings import Settings
 
 log = logging.getLogger(__name__)
+
+#: ``await runner(fn, *args)`` runs ``fn(*args)`` where the service makes its model calls.
+ModelCallRunner = Callable[..., Awaitable[Any]]
 
 
 @dataclass(frozen=True)
@@ -43,6 +48,7 @@ class ServingState:
         self.root = IndexDir(settings.index_dir)
         self._snapshot: Snapshot | None = None
         self._load_lock = threading.Lock()
+        self._reload_lock = asyncio.Lock()  # the watcher and an admin reload never load twice at once
         self.last_error: str | None = None
         self._failed: str | None = None  # a version that failed to load: not retried until CURRENT moves or a forced reload
 
@@ -80,54 +86,79 @@ class ServingState:
         return engine
 
     def _warm(self, snap: Snapshot) -> None:
-        """First-request costs (kernels, the photo CNN, page faults) are paid here, not by a shopper."""
+        """First-inference costs (kernels, page faults) are paid here, not by a shopper.
+
+        It must run on the thread that serves model calls: torch's OpenMP thread team belongs to
+        the thread that runs the inference, and a warm-up on any other thread left every later
+        encode on the model thread ~1.5x slower (the old engine's too; docs/results.md).
+        """
         vec = snap.engine.encode_queries(["warm up"])
         snap.index.search("product", vec, 10)
+
+    def _prepare(self, version_dir: Path | None = None) -> Snapshot:
+        """Open ``version_dir`` (default: CURRENT) with its engine: file reading and model building,
+        no inference, so it may run on any thread. Returns the live snapshot if that is the one."""
+        path = version_dir or self.root.current_path()
+        current = self._snapshot
+        if current is not None and current.index.path == path.resolve():
+            return current
+        index = LoadedIndex(path.resolve())
+        snap = Snapshot(self._engine_for(index, current.engine if current else None), index)
         if snap.index.has_kind("image") and snap.features_config:
-            snap.engine.extractor(snap.features_config)
+            snap.engine.extractor(snap.features_config)  # build the photo CNN now, not on a shopper's upload
+        return snap
+
+    def _publish(self, snap: Snapshot) -> None:
+        self._snapshot = snap  # the switch: one reference assignment
+        # The index's ~1M row values are long-lived: keep them out of the cyclic GC's full
+        # passes (0.4 s each at 100k products, a stall for every request in flight). The
+        # previous version is still freed by reference counting once its requests finish.
+        gc.freeze()
+        self.last_error = None
+        log.info("serving %s (%d products)", snap.index.version, snap.index.count)
 
     def load(self, version_dir: Path | None = None) -> Snapshot:
-        """Open ``version_dir`` (default: CURRENT) with its engine and make it live (blocking)."""
+        """Open, warm and make live ``version_dir`` (default: CURRENT), all on the calling thread
+        (blocking; the app calls it on its model thread at start-up)."""
         with self._load_lock:
-            path = version_dir or self.root.current_path()
-            current = self._snapshot
-            if current is not None and current.index.path == path.resolve():
-                return current
-            index = LoadedIndex(path.resolve())
-            snap = Snapshot(self._engine_for(index, current.engine if current else None), index)
-            self._warm(snap)
-            self._snapshot = snap  # the switch: one reference assignment
-            # The index's ~1M row values are long-lived: keep them out of the cyclic GC's full
-            # passes (0.4 s each at 100k products, a stall for every request in flight). The
-            # previous version is still freed by reference counting once its requests finish.
-            gc.freeze()
-            self.last_error = None
-            log.info("serving %s (%d products)", index.version, index.count)
+            snap = self._prepare(version_dir)
+            if snap is not self._snapshot:
+                self._warm(snap)
+                self._publish(snap)
             return snap
 
     # ------------------------------------------------------------------ reloading (async)
     def current_name(self) -> str | None:
         return self.root.current()
 
-    async def reload(self, force: bool = False) -> tuple[str, bool]:
-        """Switch to CURRENT when it names another version (or ``force``); returns (version, changed)."""
-        name = self.current_name()
-        snap = self._snapshot
-        if snap is not None and name == snap.index.path.name:  # (back) on the live version: nothing is wrong
-            self._failed = self.last_error = None
-        if snap is not None and not force and name in (snap.index.path.name, self._failed):
-            return snap.index.version, False
-        before = snap.index.path if snap else None
-        try:
-            new = await asyncio.to_thread(self.load)
-        except Exception as exc:
-            self._failed = name
-            self.last_error = f"{name}: {type(exc).__name__}: {exc}"
-            raise
-        self._failed = None
-        return new.index.version, new.index.path != before
+    async def reload(self, force: bool = False, run_model_call: ModelCallRunner | None = None) -> tuple[str, bool]:
+        """Switch to CURRENT when it names another version (or ``force``); returns (version, changed).
 
-    async def watch(self, on_switch=None) -> None:
+        The new version is read on a worker thread while requests keep flowing on the old one; only
+        its warm-up (two small inferences) goes through ``run_model_call`` - the service's model
+        thread - so the encoder keeps its speed after a swap. Without one it runs on a worker thread.
+        """
+        async with self._reload_lock:
+            name = self.current_name()
+            snap = self._snapshot
+            if snap is not None and name == snap.index.path.name:  # (back) on the live version: nothing is wrong
+                self._failed = self.last_error = None
+            if snap is not None and not force and name in (snap.index.path.name, self._failed):
+                return snap.index.version, False
+            before = snap.index.path if snap else None
+            try:
+                new = await asyncio.to_thread(self._prepare)
+                if new is not self._snapshot:
+                    await (run_model_call or asyncio.to_thread)(self._warm, new)
+                    self._publish(new)
+            except Exception as exc:
+                self._failed = name
+                self.last_error = f"{name}: {type(exc).__name__}: {exc}"
+                raise
+            self._failed = None
+            return new.index.version, new.index.path != before
+
+    async def watch(self, on_switch=None, run_model_call: ModelCallRunner | None = None) -> None:
         """Poll CURRENT forever; a broken new version is logged and the old one keeps serving."""
         poll = self.settings.reload_poll_s
         if poll <= 0:
@@ -135,7 +166,7 @@ class ServingState:
         while True:
             await asyncio.sleep(poll)
             try:
-                version, changed = await self.reload()
+                version, changed = await self.reload(run_model_call=run_model_call)
                 if changed and on_switch is not None:
                     on_switch(version)
             except asyncio.CancelledError:

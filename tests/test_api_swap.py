@@ -127,3 +127,32 @@ def test_start_up_errors_say_what_to_do(api_index, tmp_path):
     with pytest.raises(FileNotFoundError, match="checkpoint not found"):
         with TestClient(create_app(api_settings(api_index, checkpoint=tmp_path / "missing"))):
             pass
+
+
+def test_a_hot_swap_warms_the_new_version_on_the_model_thread(api_index, tmp_path, monkeypatch):
+    """Reading a new version happens off the model thread (requests keep flowing), but its warm-up
+    inference runs on it: a warm-up on any other thread left every later encode ~1.5x slower."""
+    from search_api.state import ServingState
+
+    idx, root, _ = _with_second_version(api_index, tmp_path)
+    warmed: list[tuple[str, str]] = []
+    prepared: list[str] = []
+    real_warm, real_prepare = ServingState._warm, ServingState._prepare
+
+    def recording_warm(self, snap):
+        warmed.append((snap.index.version, threading.current_thread().name))
+        return real_warm(self, snap)
+
+    def recording_prepare(self, version_dir=None):
+        prepared.append(threading.current_thread().name)
+        return real_prepare(self, version_dir)
+
+    monkeypatch.setattr(ServingState, "_warm", recording_warm)
+    monkeypatch.setattr(ServingState, "_prepare", recording_prepare)
+    with TestClient(create_app(api_settings(idx)), raise_server_exceptions=False) as c:
+        model_thread = c.app.state.service.model_thread.submit(lambda: threading.current_thread().name).result()
+        root.switch("v0002")
+        assert c.post("/api/v1/admin/reload", headers={"Authorization": "Bearer s3cret"}).json()["changed"] is True
+        assert c.post("/api/v1/search", json={"query": "red dress", "rerank": False}).json()["index_version"] == "v0002"
+    assert warmed == [("v0001", model_thread), ("v0002", model_thread)]
+    assert prepared[-1] != model_thread  # the new version was read elsewhere
