@@ -31,6 +31,9 @@ def pretrain(
     clean_fraction: Annotated[float, typer.Option(min=0.0, max=1.0, help="Rows kept unmasked for TIA (0: FashionBERT's single corrupted pass).")] = 0.0,
     tia_negatives: Annotated[str, typer.Option(help="sub-category (a random image of the same sub-category) | "
                                                     "itc-hard (drawn by ITC similarity, ALBEF).")] = "sub-category",
+    tia_grid: Annotated[int, typer.Option(min=0, help="0: one random same-sub-category negative per text (FashionBERT). "
+                                                     "G >= 2: groups of G same-sub-category products, every text against "
+                                                     "every image, TIA ranking in both directions.")] = 0,
     tokenizer: Annotated[Path | None, typer.Option(help="Local tokenizer folder (default: train one on the catalog).")] = None,
     bert_init: Annotated[Path | None, typer.Option(help="Local BERT folder to initialise the trunk, or a packaged one: "
                                                        "minilm (the default of --model small).")] = None,
@@ -56,7 +59,7 @@ def pretrain(
         batch_size=batch_size, grad_accum=grad_accum, lr=lr, warmup_steps=warmup_steps, loss_weighting=loss_weighting,
         weighting_every=weighting_every,
         tasks=tuple(t.strip() for t in tasks.split(",") if t.strip()), tokenizer=tokenizer, bert_init=bert_init,
-        clean_fraction=clean_fraction, tia_negatives=tia_negatives,
+        clean_fraction=clean_fraction, tia_negatives=tia_negatives, tia_grid=tia_grid,
         seed=seed, device=device, save_every=save_every,
     )
     result = run_pretrain(cfg, echo=typer.echo)

@@ -100,6 +100,7 @@ class PretrainConfig:
     tia_negative_fraction: float = 0.5
     clean_fraction: float = 0.0  # rows left unmasked for TIA; 0 = FashionBERT's single corrupted pass
     tia_negatives: str = "sub-category"  # or "itc-hard": negatives drawn by ITC similarity (ALBEF)
+    tia_grid: int = 0  # G >= 2: TIA ranks each text against G same-sub-category images and back (collator's grid)
     seed: int = 0
     device: str = "auto"
     save_every: int = 200
@@ -327,6 +328,8 @@ def pretrain(cfg: PretrainConfig, echo: Callable[[str], None] = print, progress:
     model, tokenizer = build_model(cfg, tokenizer, store.feature_dim, catalog.texts, echo)
     model = model.to(device)
     model.train()
+    if cfg.tia_grid and cfg.tia_negatives != "sub-category":
+        raise ValueError("--tia-grid draws its negatives from each group's sub-category; drop --tia-negatives")
     task = PretrainingTask(model, cfg.tasks, cfg.tia_negatives)
     weighting = build_loss_weighting(
         cfg.loss_weighting, **({"every": cfg.weighting_every * cfg.grad_accum} if cfg.loss_weighting == "adaptive-grad" else {}))
@@ -334,7 +337,8 @@ def pretrain(cfg: PretrainConfig, echo: Callable[[str], None] = print, progress:
     collator = PretrainCollator(
         corpus, masker, max_text_length=model.config.max_text_length, num_patches=model.config.num_patches,
         mpm_probability=cfg.mpm_probability, tia_negative_fraction=cfg.tia_negative_fraction,
-        query_probability=cfg.query_probability, clean_fraction=cfg.clean_fraction, seed=cfg.seed,
+        query_probability=cfg.query_probability, clean_fraction=cfg.clean_fraction, tia_grid=cfg.tia_grid,
+        seed=cfg.seed,
     )
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embeddings" not in n]
     no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embeddings" not in n)]

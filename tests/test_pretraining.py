@@ -123,6 +123,68 @@ def test_tia_negatives_come_from_the_same_sub_category(data, corpus):
         assert owners, "the negative image must belong to a product of the same sub-category"
 
 
+def test_grid_layout_ranks_every_text_against_every_image_of_its_group(data, corpus, tmp_path):
+    collate = make_collator(data, corpus, query_probability=0.5, tia_grid=3)
+    indices = SubCategoryBatchSampler([r.sub_category for r in corpus.records], 16, 4, seed=0).batch(1)
+    batch = collate(indices, step=4)
+    grid = batch["tia_grid"]
+    groups = collate.grid_groups([corpus.records[i] for i in indices])
+    assert grid.shape == (len(groups), 3, 3) and len(groups) == 16 // 9  # as many 3 x 3 groups as fit in 16 rows
+    assert len(batch["input_ids"]) == grid.numel() and len(batch["text_input_ids"]) == 16  # ITC keeps every record
+    eye = torch.eye(3, dtype=torch.bool)
+    for g, group in enumerate(groups):
+        records = [corpus.records[indices[i]] for i in group]
+        assert len({r.sub_category for r in records}) == 1 and len({r.key for r in records}) == 3
+        rows = grid[g]
+        assert torch.equal(batch["tia_labels"][rows].bool(), eye)
+        for a in range(3):
+            # one text per grid row and one image per grid column, each corrupted the same way throughout
+            assert all(torch.equal(batch["input_ids"][rows[a, 0]], batch["input_ids"][rows[a, b]]) for b in range(3))
+            assert all(torch.equal(batch["patch_features"][rows[0, a]], batch["patch_features"][rows[b, a]]) for b in range(3))
+            assert torch.equal(batch["mpm_targets"][rows[a, a]], batch["image_features"][group[a]])
+        scored = (batch["mlm_labels"][rows.flatten()] != IGNORE_INDEX).any(1).reshape(3, 3)
+        assert not scored[~eye].any() and not batch["mpm_mask"][rows[~eye]].any()  # MLM/MPM on matched rows only
+    assert (batch["zeroed_patches"].sum(1) == 6).all()
+    again = collate(indices, step=4)
+    assert all(torch.equal(batch[k], again[k]) for k in batch)
+    with pytest.raises(ValueError, match="tia_grid"):
+        make_collator(data, corpus, tia_grid=1)
+    with pytest.raises(ValueError, match="clean_fraction"):
+        make_collator(data, corpus, tia_grid=2, clean_fraction=0.5)
+    with pytest.raises(ValueError, match="tia-negatives"):  # mining re-draws pair rows; the grid has its own negatives
+        pretrain(_cfg(data, tmp_path / "both", tia_grid=2, tia_negatives="itc-hard"), echo=lambda s: None, progress=False)
+
+
+def test_grid_groups_top_up_short_sub_categories_and_fall_back_to_pairs(data, corpus):
+    collate = make_collator(data, corpus, tia_grid=4)
+    by_sub: dict[str, list[int]] = {}
+    for i, r in enumerate(corpus.records):
+        by_sub.setdefault(r.sub_category, []).append(i)
+    # two products of each of three sub-categories: no sub-category fills a group, the remainders do
+    indices = [i for members in list(by_sub.values())[:3] for i in members[:2]]
+    groups = collate.grid_groups([corpus.records[i] for i in indices])
+    assert groups == [[0, 1, 2, 3]]
+    one = collate([indices[0]] * 3, step=0)  # one distinct product: nothing to rank, plain rows
+    assert "tia_grid" not in one and one["tia_labels"].tolist() == [1, 1, 1]
+
+
+def test_grid_tia_loss_ranks_by_the_match_log_odds():
+    """Known answer: a grid whose diagonal has the highest log-odds ranks perfectly; the transposed
+    mistake (text 0 best with image 1) does not, in either direction."""
+    eye = torch.eye(2)
+    batch = {"tia_labels": eye.flatten().long(), "tia_grid": torch.arange(4).reshape(1, 2, 2)}
+
+    def loss(scores: torch.Tensor) -> tuple[float, dict[str, float]]:
+        stats: dict[str, float] = {}
+        logits = torch.stack([torch.zeros(4), scores.flatten()], 1)
+        return float(PretrainingTask._tia_grid(logits, batch, stats)), stats
+
+    right, right_stats = loss(4 * eye - 2)
+    wrong, wrong_stats = loss(torch.tensor([[0.0, 3.0], [-2.0, 1.0]]))
+    assert right_stats["tia_rank_acc"] == 1.0 and right_stats["tia_acc"] == 1.0
+    assert wrong_stats["tia_rank_acc"] == 0.5 and right < 0.2 < wrong
+
+
 def test_task_returns_named_losses_and_each_can_be_switched_off(data, corpus):
     torch.manual_seed(0)
     model = FashionBertModel(named_config("tiny", data["tokenizer"], corpus.features.feature_dim, **TINY))
@@ -189,20 +251,21 @@ def test_pretrain_writes_a_loadable_checkpoint_log_and_plot(data, tmp_path):
     assert (tmp_path / "run" / "training_config.json").is_file()
 
 
-@pytest.mark.parametrize("negatives", ["sub-category", "itc-hard"])
+@pytest.mark.parametrize("negatives", [{"tia_negatives": "sub-category"}, {"tia_negatives": "itc-hard"}, {"tia_grid": 2}],
+                         ids=["sub-category", "itc-hard", "grid"])
 def test_resume_after_interruption_is_an_identical_continuation(data, tmp_path, negatives):
-    pretrain(_cfg(data, tmp_path / "straight", tia_negatives=negatives), echo=lambda s: None, progress=False)
-    stopped = pretrain(_cfg(data, tmp_path / "resumed", stop_at_step=3, tia_negatives=negatives), echo=lambda s: None,
+    pretrain(_cfg(data, tmp_path / "straight", **negatives), echo=lambda s: None, progress=False)
+    stopped = pretrain(_cfg(data, tmp_path / "resumed", stop_at_step=3, **negatives), echo=lambda s: None,
                        progress=False)
     assert stopped.stopped_by == "stop_at_step" and not (tmp_path / "resumed" / "model.safetensors").exists()
     lines: list[str] = []
-    resumed = pretrain(_cfg(data, tmp_path / "resumed", tia_negatives=negatives), echo=lines.append, progress=False)
+    resumed = pretrain(_cfg(data, tmp_path / "resumed", **negatives), echo=lines.append, progress=False)
     assert resumed.resumed_from == 3 and "pretrain: resuming from step 3" in lines
     a = load_file(tmp_path / "straight" / "model.safetensors")
     b = load_file(tmp_path / "resumed" / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     with pytest.raises(ValueError, match="another configuration"):
-        pretrain(_cfg(data, tmp_path / "resumed", lr=1e-3, tia_negatives=negatives), echo=lambda s: None, progress=False)
+        pretrain(_cfg(data, tmp_path / "resumed", lr=1e-3, **negatives), echo=lambda s: None, progress=False)
 
 
 def test_time_budget_stops_training(data, tmp_path):

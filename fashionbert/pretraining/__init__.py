@@ -1,8 +1,8 @@
 """Pretraining data (corpus, hard-negative batches, masking) and tasks (named losses)."""
 
+from fashionbert.pretraining.collator import PretrainCollator
 from fashionbert.pretraining.data import (
     MixedBatchSampler,
-    PretrainCollator,
     PretrainCorpus,
     PretrainRecord,
     SubCategoryBatchSampler,

@@ -1,4 +1,4 @@
-"""Pretraining data: products with texts and patch features, hard-negative batches, masking.
+"""Pretraining data: products with texts and patch features, and hard-negative batches.
 
 * :class:`PretrainCorpus` joins a validated catalog with its feature shards:
   one record per product with every text (titles in segment T, known user
@@ -12,13 +12,7 @@
   of the same sub-category, so in-batch ITC negatives include hard ones and
   TIA negatives ("an image of another product of the same sub-category",
   ARCHITECTURE.md §2) are always at hand inside the batch.
-* :class:`PretrainCollator` draws, for each row, a text and an image view,
-  swaps in a same-group negative image for a fraction of rows (TIA label 0),
-  and splits the rows at random into clean ones (scored by TIA) and
-  corrupted ones: whole-word-masked text (MLM) and ~10 % zeroed patches
-  (MPM), scored on matched rows. ``clean_fraction=0`` (the default) is
-  FashionBERT's original single corrupted pass with TIA on every row; 0.5
-  learned TIA more slowly in a 20-minute CPU budget (docs/results.md).
+* :mod:`fashionbert.pretraining.collator` turns a batch of records into tensors.
 
 Everything random is drawn from a generator seeded by (seed, step), so a
 resumed run sees exactly the batches an uninterrupted run would.
@@ -30,10 +24,6 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
-import torch
-
-from fashionbert.configuration import SEGMENT_Q, SEGMENT_T
-from fashionbert.text import IGNORE_INDEX, WholeWordMasker
 
 
 @dataclass(frozen=True)
@@ -233,118 +223,3 @@ class MixedBatchSampler:
         if self.replay is not None:
             rows += [self.offset + i for i in self.replay.batch(step)]
         return rows
-
-
-class PretrainCollator:
-    """Turns a list of record indices into the tensors of one pretraining step."""
-
-    def __init__(
-        self,
-        corpus: PretrainCorpus,
-        masker: WholeWordMasker,
-        max_text_length: int = 48,
-        num_patches: int = 64,
-        mpm_probability: float = 0.1,
-        tia_negative_fraction: float = 0.5,
-        query_probability: float = 0.3,
-        clean_fraction: float = 0.0,
-        seed: int = 0,
-    ):
-        self.corpus = corpus
-        self.masker = masker
-        self.tokenizer = masker.tokenizer
-        self.max_text_length = max_text_length
-        self.num_patches = num_patches
-        self.n_masked_patches = max(1, int(round(mpm_probability * num_patches)))
-        self.tia_negative_fraction = tia_negative_fraction
-        self.query_probability = query_probability
-        if not 0.0 <= clean_fraction <= 1.0:
-            raise ValueError("clean_fraction must be in [0, 1]")
-        self.clean_fraction = clean_fraction
-        self.seed = seed
-        self._encoded: dict[str, tuple[list[int], list[int | None]]] = {}
-
-    def _encode(self, text: str) -> tuple[list[int], list[int | None]]:
-        hit = self._encoded.get(text)
-        if hit is None:
-            hit = self._encoded[text] = self.masker.encode(text, self.max_text_length)
-        return hit
-
-    def _pad(self, rows: list[list[int]], value: int) -> torch.Tensor:
-        width = max(len(r) for r in rows)
-        return torch.tensor([r + [value] * (width - len(r)) for r in rows], dtype=torch.long)
-
-    def __call__(self, indices: Sequence[int], step: int) -> dict[str, torch.Tensor]:
-        rng = np.random.default_rng([self.seed, step, 11])
-        records = [self.corpus.records[i] for i in indices]
-        n = len(records)
-        texts, segments = [], []
-        for rec in records:
-            use_query = rec.queries and rng.random() < self.query_probability
-            if use_query and rec.query_weights:
-                w = np.asarray(rec.query_weights, dtype=np.float64)
-                texts.append(rec.queries[int(rng.choice(len(w), p=w / w.sum()))])
-            else:
-                pool = rec.queries if use_query else rec.titles
-                texts.append(pool[int(rng.integers(len(pool)))])
-            segments.append(SEGMENT_Q if use_query else SEGMENT_T)
-        views = [int(rec.images[int(rng.integers(len(rec.images)))]) for rec in records]
-        feats = np.stack([self.corpus.patch_features(rec, v) for rec, v in zip(records, views)]).astype(np.float32)
-
-        # TIA: a negative takes the image of another row of the same sub-category when the batch has one.
-        image_rows = np.arange(n)
-        tia = np.ones(n, dtype=np.int64)
-        for i in np.flatnonzero(rng.random(n) < self.tia_negative_fraction):
-            same = [j for j in range(n) if j != i and records[j].sub_category == records[i].sub_category
-                    and records[j].key != records[i].key]
-            others = same or [j for j in range(n) if records[j].key != records[i].key]
-            if others:
-                image_rows[i] = others[int(rng.integers(len(others)))]
-                tia[i] = 0
-
-        # Rows are split at random (independently of the TIA label) into clean rows, which TIA scores,
-        # and corrupted rows (masked words, zeroed patches), which MLM/MPM score when matched. TIA on
-        # corrupted rows would learn from texts whose telling word ("red") is [MASK]ed away, and
-        # corrupting only matched rows would leak the label (no [MASK] => negative).
-        clean = rng.random(n) < self.clean_fraction
-        encoded = [self._encode(t) for t in texts]
-        ids = [list(e[0]) for e in encoded]
-        masked, labels = [], []
-        for (tok_ids, word_ids), matched, is_clean in zip(encoded, tia, clean):
-            if is_clean:
-                masked.append(list(tok_ids))
-                labels.append([IGNORE_INDEX] * len(tok_ids))
-                continue
-            m_ids, m_labels = self.masker.mask_encoded(tok_ids, word_ids, rng)
-            masked.append(m_ids)
-            labels.append(m_labels if matched else [IGNORE_INDEX] * len(m_labels))
-        pad = self.tokenizer.pad_token_id
-        attention = [[1] * len(r) for r in ids]
-        joint_feats = feats[image_rows].copy()
-        zeroed = np.zeros((n, self.num_patches), dtype=bool)
-        for i in np.flatnonzero(~clean):
-            zeroed[i, rng.choice(self.num_patches, self.n_masked_patches, replace=False)] = True
-        joint_feats[zeroed] = 0.0
-        patch_mask = zeroed & (tia == 1)[:, None]  # MPM loss only where text and image match
-        seg = torch.tensor(segments, dtype=torch.long)
-        text_ids = self._pad(ids, pad)
-        sub_ids: dict[str, int] = {}
-        return {
-            "input_ids": self._pad(masked, pad),
-            "text_input_ids": text_ids,
-            "attention_mask": self._pad(attention, 0),
-            "token_type_ids": seg[:, None].expand_as(text_ids).clone(),
-            "mlm_labels": self._pad(labels, IGNORE_INDEX),
-            "patch_features": torch.from_numpy(joint_feats),
-            "image_features": torch.from_numpy(feats),
-            "mpm_mask": torch.from_numpy(patch_mask),
-            "zeroed_patches": torch.from_numpy(zeroed),
-            "mpm_targets": torch.from_numpy(feats[image_rows]),
-            "tia_labels": torch.from_numpy(tia),
-            "tia_rows": torch.from_numpy(clean if self.clean_fraction > 0 else np.ones(n, dtype=bool)),
-            "itc_same_text": torch.tensor([[a == b for b in texts] for a in texts]),
-            "itc_same_product": torch.tensor([[a.key == b.key for b in records] for a in records]),
-            "sub_category_ids": torch.tensor([sub_ids.setdefault(r.sub_category, len(sub_ids)) for r in records]),
-            # Drawn last, so that adding it changed none of the draws above: seeds the task's negative mining.
-            "negative_seed": torch.tensor(int(rng.integers(2**31 - 1))),
-        }

@@ -11,8 +11,10 @@ them (fixed or adaptive weights) is the caller's business.
 * ``mpm`` - KL(softmax(original feature) || softmax(prediction)) over the
   feature dimensions of the zeroed patches.
 * ``tia`` - 2-way classification of the joint sequence (matched vs an
-  image of another product of the same sub-category), on the batch's clean
-  (unmasked) rows - see :class:`~fashionbert.pretraining.data.PretrainCollator`.
+  image of another product of the same sub-category), on the batch's TIA rows
+  - see :mod:`fashionbert.pretraining.collator`. With the collator's grid
+  layout it also ranks: softmax over each text's G candidate images and each
+  image's G candidate texts (the match log-odds as the score).
   With ``tia_negatives="itc-hard"`` (ALBEF's hard-negative mining) each negative
   row's image is re-drawn from the batch with probability softmax(ITC similarity)
   to its text - the images the dual encoder finds most confusable - so the cross
@@ -62,6 +64,8 @@ class PretrainingTask(nn.Module):
         if {"mlm", "mpm", "tia"} & set(self.tasks):
             patches = batch["patch_features"]
             if self.tia_negatives == "itc-hard" and "tia" in self.tasks and single is not None:
+                if "tia_grid" in batch:
+                    raise ValueError("tia_negatives='itc-hard' re-draws pair rows' images: use it without tia_grid")
                 patches, stats["tia_hard_same_sub"] = self._hard_negatives(batch, *single)
             joint = self.model(
                 input_ids=batch["input_ids"],
@@ -86,7 +90,9 @@ class PretrainingTask(nn.Module):
                         F.log_softmax(pred, -1), F.log_softmax(target, -1), log_target=True, reduction="batchmean"
                     )
             rows = batch["tia_rows"]
-            if "tia" in self.tasks and rows.any():
+            if "tia" in self.tasks and "tia_grid" in batch:
+                losses["tia"] = self._tia_grid(self.model.tia_logits(joint).float(), batch, stats)
+            elif "tia" in self.tasks and rows.any():
                 logits = self.model.tia_logits(joint, rows).float()
                 labels = batch["tia_labels"][rows]
                 losses["tia"] = F.cross_entropy(logits, labels)
@@ -95,10 +101,30 @@ class PretrainingTask(nn.Module):
             losses["itc"], stats["itc_acc"] = self._itc(batch, *single)
         return losses, stats
 
+    @staticmethod
+    def _tia_grid(logits: torch.Tensor, batch: dict[str, torch.Tensor], stats: dict[str, float]) -> torch.Tensor:
+        """Ranking in both directions over each G x G group, plus the class-balanced match/no-match loss.
+
+        The ranking score is the match log-odds (what ``score_pairs`` ranks by); the
+        binary term keeps the probability itself calibrated, which the search API's
+        score fusion and the TIA accuracy read.
+        """
+        labels = batch["tia_labels"]
+        grid = (logits[:, 1] - logits[:, 0])[batch["tia_grid"]]  # [groups, text, image]
+        groups, size, _ = grid.shape
+        target = torch.arange(size, device=grid.device).repeat(groups)
+        by_text, by_image = grid.reshape(-1, size), grid.transpose(1, 2).reshape(-1, size)
+        ranking = (F.cross_entropy(by_text, target) + F.cross_entropy(by_image, target)) / 2
+        balance = torch.tensor([1.0, size - 1.0], device=logits.device)  # G-1 negatives per positive
+        stats["tia_acc"] = float((logits.argmax(-1) == labels).float().mean())
+        stats["tia_rank_acc"] = float((by_text.argmax(-1) == target).float().mean())
+        return ranking + F.cross_entropy(logits, labels, weight=balance)
+
     def _single_side(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Text-alone and image-alone ITC encodings of the batch's rows (unit vectors)."""
         text = self.model.itc_embedding(self.model(
-            input_ids=batch["text_input_ids"], token_type_ids=batch["token_type_ids"], attention_mask=batch["attention_mask"],
+            input_ids=batch["text_input_ids"], token_type_ids=batch["text_token_type_ids"],
+            attention_mask=batch["text_attention_mask"],
         ))
         return text, self.model.itc_embedding(self.model.encode_image_only(batch["image_features"]))
 

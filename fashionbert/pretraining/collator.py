@@ -1,0 +1,235 @@
+"""One pretraining step's tensors from a batch of corpus records.
+
+Every row of the batch draws a text (a title in segment T, or a known query in
+segment Q) and an image view; those feed ITC's single-side passes. The joint
+pass (MLM, MPM, TIA) is laid out in one of two ways:
+
+* ``pairs`` (``tia_grid=0``, FashionBERT's): one joint row per record; a
+  fraction of rows swap in another same-sub-category record's image (TIA label
+  0). Rows are split at random into clean ones (scored by TIA) and corrupted
+  ones: whole-word-masked text (MLM) and ~10 % zeroed patches (MPM), scored on
+  matched rows. ``clean_fraction=0`` (the default) is the original single
+  corrupted pass with TIA on every row.
+* ``grid`` (``tia_grid=G``): groups of G records of one sub-category, every
+  text of a group against every image of it - G x G joint rows, the diagonal
+  matched. TIA then gets a ranking signal in both directions (each text
+  against G images, each image against G texts), which is what the random-100
+  protocol measures, instead of one random negative per text. A text keeps one
+  mask and an image one set of zeroed patches across its row or column, so the
+  candidates of a ranking differ only by what is ranked. The joint pass keeps
+  the batch's size (as many G x G groups as fit), so a step costs the same.
+
+Everything random is drawn from a generator seeded by (seed, step), so a
+resumed run sees exactly the batches an uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from fashionbert.configuration import SEGMENT_Q, SEGMENT_T
+from fashionbert.pretraining.data import PretrainCorpus, PretrainRecord
+from fashionbert.text import IGNORE_INDEX, WholeWordMasker
+
+
+class PretrainCollator:
+    """Turns a list of record indices into the tensors of one pretraining step."""
+
+    def __init__(
+        self,
+        corpus: PretrainCorpus,
+        masker: WholeWordMasker,
+        max_text_length: int = 48,
+        num_patches: int = 64,
+        mpm_probability: float = 0.1,
+        tia_negative_fraction: float = 0.5,
+        query_probability: float = 0.3,
+        clean_fraction: float = 0.0,
+        tia_grid: int = 0,
+        seed: int = 0,
+    ):
+        self.corpus = corpus
+        self.masker = masker
+        self.tokenizer = masker.tokenizer
+        self.max_text_length = max_text_length
+        self.num_patches = num_patches
+        self.n_masked_patches = max(1, int(round(mpm_probability * num_patches)))
+        self.tia_negative_fraction = tia_negative_fraction
+        self.query_probability = query_probability
+        if not 0.0 <= clean_fraction <= 1.0:
+            raise ValueError("clean_fraction must be in [0, 1]")
+        if tia_grid == 1 or tia_grid < 0:
+            raise ValueError(f"tia_grid must be 0 (pairs) or a group size >= 2, got {tia_grid}")
+        if tia_grid and clean_fraction:
+            raise ValueError("tia_grid ranks corrupted rows (FashionBERT's single pass): it needs clean_fraction=0")
+        self.clean_fraction = clean_fraction
+        self.tia_grid = tia_grid
+        self.seed = seed
+        self._encoded: dict[str, tuple[list[int], list[int | None]]] = {}
+
+    def _encode(self, text: str) -> tuple[list[int], list[int | None]]:
+        hit = self._encoded.get(text)
+        if hit is None:
+            hit = self._encoded[text] = self.masker.encode(text, self.max_text_length)
+        return hit
+
+    def _pad(self, rows: list[list[int]], value: int) -> torch.Tensor:
+        width = max(len(r) for r in rows)
+        return torch.tensor([r + [value] * (width - len(r)) for r in rows], dtype=torch.long)
+
+    def _draw_texts(self, records: list[PretrainRecord], rng: np.random.Generator) -> tuple[list[str], list[int]]:
+        texts, segments = [], []
+        for rec in records:
+            use_query = rec.queries and rng.random() < self.query_probability
+            if use_query and rec.query_weights:
+                w = np.asarray(rec.query_weights, dtype=np.float64)
+                texts.append(rec.queries[int(rng.choice(len(w), p=w / w.sum()))])
+            else:
+                pool = rec.queries if use_query else rec.titles
+                texts.append(pool[int(rng.integers(len(pool)))])
+            segments.append(SEGMENT_Q if use_query else SEGMENT_T)
+        return texts, segments
+
+    def _zeroed(self, n: int, rows: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """[n, patches] mask with ``n_masked_patches`` drawn without replacement in each of ``rows``."""
+        zeroed = np.zeros((n, self.num_patches), dtype=bool)
+        for i in rows:
+            zeroed[i, rng.choice(self.num_patches, self.n_masked_patches, replace=False)] = True
+        return zeroed
+
+    def __call__(self, indices: Sequence[int], step: int) -> dict[str, torch.Tensor]:
+        rng = np.random.default_rng([self.seed, step, 11])
+        records = [self.corpus.records[i] for i in indices]
+        texts, segments = self._draw_texts(records, rng)
+        views = [int(rec.images[int(rng.integers(len(rec.images)))]) for rec in records]
+        feats = np.stack([self.corpus.patch_features(rec, v) for rec, v in zip(records, views)]).astype(np.float32)
+        encoded = [self._encode(t) for t in texts]
+        if self.tia_grid:
+            joint = self._grid_rows(records, encoded, segments, feats, rng)
+        else:
+            joint = self._pair_rows(records, encoded, segments, feats, rng)
+
+        pad = self.tokenizer.pad_token_id
+        text_ids = self._pad([list(e[0]) for e in encoded], pad)
+        seg = torch.tensor(segments, dtype=torch.long)
+        sub_ids: dict[str, int] = {}
+        return {
+            **joint,
+            # The single-side (ITC) passes: every record's own text and image.
+            "text_input_ids": text_ids,
+            "text_attention_mask": self._pad([[1] * len(e[0]) for e in encoded], 0),
+            "text_token_type_ids": seg[:, None].expand_as(text_ids).clone(),
+            "image_features": torch.from_numpy(feats),
+            "itc_same_text": torch.tensor([[a == b for b in texts] for a in texts]),
+            "itc_same_product": torch.tensor([[a.key == b.key for b in records] for a in records]),
+            "sub_category_ids": torch.tensor([sub_ids.setdefault(r.sub_category, len(sub_ids)) for r in records]),
+            # Drawn last, so that adding it changed none of the draws above: seeds the task's negative mining.
+            "negative_seed": torch.tensor(int(rng.integers(2**31 - 1))),
+        }
+
+    def _joint_tensors(self, masked: list[list[int]], labels: list[list[int]], segments: list[int],
+                       patches: np.ndarray, targets: np.ndarray, zeroed: np.ndarray,
+                       tia: np.ndarray) -> dict[str, torch.Tensor]:
+        masked_ids = self._pad(masked, self.tokenizer.pad_token_id)
+        return {
+            "input_ids": masked_ids,
+            "attention_mask": self._pad([[1] * len(r) for r in masked], 0),
+            "token_type_ids": torch.tensor(segments, dtype=torch.long)[:, None].expand_as(masked_ids).clone(),
+            "mlm_labels": self._pad(labels, IGNORE_INDEX),
+            "patch_features": torch.from_numpy(patches),
+            "mpm_mask": torch.from_numpy(zeroed & (tia == 1)[:, None]),  # MPM only where text and image match
+            "zeroed_patches": torch.from_numpy(zeroed),
+            "mpm_targets": torch.from_numpy(targets),
+            "tia_labels": torch.from_numpy(tia),
+        }
+
+    def _pair_rows(self, records: list[PretrainRecord], encoded, segments: list[int], feats: np.ndarray,
+                   rng: np.random.Generator) -> dict[str, torch.Tensor]:
+        """One joint row per record; a share of them with a same-sub-category record's image."""
+        n = len(records)
+        image_rows = np.arange(n)
+        tia = np.ones(n, dtype=np.int64)
+        for i in np.flatnonzero(rng.random(n) < self.tia_negative_fraction):
+            same = [j for j in range(n) if j != i and records[j].sub_category == records[i].sub_category
+                    and records[j].key != records[i].key]
+            others = same or [j for j in range(n) if records[j].key != records[i].key]
+            if others:
+                image_rows[i] = others[int(rng.integers(len(others)))]
+                tia[i] = 0
+
+        # Clean rows (TIA only) are drawn independently of the TIA label: TIA on corrupted rows would
+        # learn from texts whose telling word ("red") is [MASK]ed away, and corrupting only matched
+        # rows would leak the label (no [MASK] => negative).
+        clean = rng.random(n) < self.clean_fraction
+        masked, labels = [], []
+        for (tok_ids, word_ids), matched, is_clean in zip(encoded, tia, clean):
+            if is_clean:
+                masked.append(list(tok_ids))
+                labels.append([IGNORE_INDEX] * len(tok_ids))
+                continue
+            m_ids, m_labels = self.masker.mask_encoded(tok_ids, word_ids, rng)
+            masked.append(m_ids)
+            labels.append(m_labels if matched else [IGNORE_INDEX] * len(m_labels))
+        patches = feats[image_rows].copy()
+        zeroed = self._zeroed(n, np.flatnonzero(~clean), rng)
+        patches[zeroed] = 0.0
+        joint = self._joint_tensors(masked, labels, segments, patches, feats[image_rows], zeroed, tia)
+        joint["tia_rows"] = torch.from_numpy(clean if self.clean_fraction > 0 else np.ones(n, dtype=bool))
+        return joint
+
+    def grid_groups(self, records: Sequence[PretrainRecord]) -> list[list[int]]:
+        """Groups of ``tia_grid`` distinct records (batch positions), one sub-category each where possible.
+
+        The sampler already lays batches out as same-sub-category runs; a sub-category's
+        remainder is topped up with other remainders (so a small catalog still forms
+        groups), and groups are taken in batch order until G x G rows would exceed the
+        batch size (always at least one group). Fewer distinct records than G: one group
+        of all of them.
+        """
+        by_sub: dict[str, list[int]] = {}
+        seen: set[tuple[int, str]] = set()
+        for i, rec in enumerate(records):
+            if rec.key not in seen:
+                seen.add(rec.key)
+                by_sub.setdefault(rec.sub_category, []).append(i)
+        size = min(self.tia_grid, len(seen))
+        if size < 2:
+            return []
+        full, rest = [], []
+        for members in by_sub.values():
+            cut = len(members) - len(members) % size
+            full.extend(members[k:k + size] for k in range(0, cut, size))
+            rest.extend(members[cut:])
+        full.extend(rest[k:k + size] for k in range(0, len(rest) - size + 1, size))
+        return full[:max(1, len(records) // (size * size))]
+
+    def _grid_rows(self, records: list[PretrainRecord], encoded, segments: list[int], feats: np.ndarray,
+                   rng: np.random.Generator) -> dict[str, torch.Tensor]:
+        """Every text of a group against every image of it; ``tia_grid`` holds the row of (group, text, image)."""
+        groups = self.grid_groups(records)
+        if not groups:  # one distinct product in the batch: nothing to rank against
+            return self._pair_rows(records, encoded, segments, feats, rng)
+        members = sorted({i for g in groups for i in g})
+        masks = {i: self.masker.mask_encoded(*encoded[i], rng) for i in members}
+        zeroed_of = dict(zip(members, self._zeroed(len(members), np.arange(len(members)), rng)))
+        masked, labels, row_segments, image_of, tia = [], [], [], [], []
+        for group in groups:
+            for a in group:
+                for b in group:
+                    masked.append(masks[a][0])
+                    labels.append(masks[a][1] if a == b else [IGNORE_INDEX] * len(masks[a][1]))
+                    row_segments.append(segments[a])
+                    image_of.append(b)
+                    tia.append(int(a == b))
+        zeroed = np.stack([zeroed_of[b] for b in image_of])
+        patches = feats[image_of].copy()
+        patches[zeroed] = 0.0
+        joint = self._joint_tensors(masked, labels, row_segments, patches, feats[image_of], zeroed,
+                                    np.asarray(tia, dtype=np.int64))
+        size = len(groups[0])
+        joint["tia_rows"] = torch.ones(len(tia), dtype=torch.bool)
+        joint["tia_grid"] = torch.arange(len(tia)).reshape(len(groups), size, size)
+        return joint
