@@ -18,7 +18,9 @@ from fashionbert.evaluation import (
     flatten_metrics,
     write_report,
 )
-from indexer.catalog import read_catalog
+from fashionbert.evaluation.ceiling import random100_ceiling
+from fashionbert.synthetic.text import title_likelihood
+from indexer.catalog import Catalog, read_catalog
 from indexer.feature_store import FeatureStore
 
 
@@ -34,6 +36,7 @@ class EvalConfig:
     random100: bool = True
     full: bool = True
     random100_dual: bool = True  # the same groups scored by the dual encoder (stage 1), under random100_dual.*
+    ceiling: bool = True  # the Bayes ceiling of random-100, under random100_ceiling.* (catalogs that say what titles name)
     product_vectors: tuple[str, ...] = ()  # presets to score as the index serves them (joint, i2t, t2i)
     device: str = "cpu"
 
@@ -54,6 +57,18 @@ def eval_items(catalog_path: Path, features_dir: Path) -> tuple[list[EvalItem], 
     return items, np.stack(feats)
 
 
+def title_attribute_likelihood(catalog: Catalog, items: list[EvalItem]) -> Callable[[int, int], float] | None:
+    """P(item a's title | item b's attributes) for a synthetic catalog; None for a catalog without
+    ``attributes`` and ``title_attributes`` columns (a real one: its ceiling is unknown)."""
+    if not {"attributes", "title_attributes"} <= set(catalog.table.column_names):
+        return None
+    rows = {pid: (dict(attrs or ()), named or ()) for pid, attrs, named in zip(
+        *(catalog.table.column(c).to_pylist() for c in ("product_id", "attributes", "title_attributes")))}
+    attrs = [rows[it.product_id][0] for it in items]
+    named = [{k: a[k] for k in (*rows[it.product_id][1], "sub_category") if k in a} for it, a in zip(items, attrs)]
+    return lambda text, image: title_likelihood(named[text], attrs[image])
+
+
 def evaluate(cfg: EvalConfig, echo: Callable[[str], None] = print) -> dict[str, float]:
     start = time.perf_counter()
     model = FashionBert.from_pretrained(cfg.checkpoint, device=cfg.device)
@@ -70,6 +85,14 @@ def evaluate(cfg: EvalConfig, echo: Callable[[str], None] = print) -> dict[str, 
                          for k, v in flatten_metrics(dual, None).items() if k.startswith("random100.")})
         echo(f"eval: random-100 SumR {metrics['random100.sum_r']:.1f} (cross encoder), "
              f"{products['random100_dual.sum_r']:.1f} (dual encoder, same groups)")
+    if cfg.random100 and cfg.ceiling:
+        likelihood = title_attribute_likelihood(read_catalog(cfg.catalog, check_images="none"), items)
+        if likelihood is not None:
+            ceiling = random100_ceiling(items, likelihood, cfg.n_queries, cfg.n_candidates, cfg.seed)
+            products.update({f"random100_ceiling.{d}.{k}": v for d in ("t2i", "i2t") for k, v in ceiling[d].items()})
+            products["random100_ceiling.sum_r"] = ceiling["sum_r"]
+            echo(f"eval: random-100 SumR ceiling {ceiling['sum_r']:.1f} (the Bayes-optimal ranker on the catalog's "
+                 f"attributes and what each title names)")
     if cfg.product_vectors:
         from pipelines.product_vector_eval import evaluate_product_vectors
 

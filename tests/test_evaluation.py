@@ -32,6 +32,7 @@ from fashionbert.evaluation import (
     recall_curve,
     write_report,
 )
+from fashionbert.evaluation.ceiling import expected_recall_at, random100_ceiling
 
 D = 4
 
@@ -366,3 +367,20 @@ def test_markdown_table_and_recall_curve(results: tuple[dict, dict]) -> None:
     curve = recall_curve([1, 2, 2, 5, 200], 10)
     assert curve.shape == (10,)
     np.testing.assert_allclose(curve[[0, 1, 3, 4, 9]], [0.2, 0.6, 0.6, 0.8, 0.8])
+
+
+def test_expected_recall_breaks_exact_ties_at_random() -> None:
+    assert expected_recall_at([1.0, 1.0, 1.0, 0.0], 0, 1) == pytest.approx(1 / 3)
+    assert expected_recall_at([1.0, 1.0, 1.0, 0.0], 0, 2) == pytest.approx(2 / 3)
+    assert expected_recall_at([1.0, 1.0, 1.0, 0.0], 0, 5) == 1.0
+    assert expected_recall_at([0.5, 0.9, 0.5, 0.1], 0, 1) == 0.0  # one strictly better: never first
+    assert expected_recall_at([0.5, 0.9, 0.5, 0.1], 0, 2) == pytest.approx(1 / 2)
+
+
+def test_ceiling_of_a_catalog_of_indistinguishable_pairs() -> None:
+    """Known answer: products come in pairs no text can tell apart, so the best R@1 is 1/2 and R@5 is 1."""
+    items = [EvalItem(f"p{i}", "shirts", f"text {i // 2}", i) for i in range(40)]
+    ceiling = random100_ceiling(items, lambda text, image: float(text // 2 == image // 2), n_candidates=100)
+    for d in ("t2i", "i2t"):
+        assert ceiling[d]["r1"] == pytest.approx(0.5) and ceiling[d]["r5"] == 1.0 and ceiling[d]["r10"] == 1.0
+    assert ceiling["sum_r"] == pytest.approx(500.0)

@@ -164,6 +164,10 @@ def test_grid_groups_top_up_short_sub_categories_and_fall_back_to_pairs(data, co
     indices = [i for members in list(by_sub.values())[:3] for i in members[:2]]
     groups = collate.grid_groups([corpus.records[i] for i in indices])
     assert groups == [[0, 1, 2, 3]]
+    # groups are spread over the batch: a mixed batch (new rows, then replay rows) keeps both in the joint pass
+    batch = SubCategoryBatchSampler([r.sub_category for r in corpus.records], 32, 4, seed=0).batch(0)
+    spread = make_collator(data, corpus, tia_grid=2).grid_groups([corpus.records[i] for i in batch])
+    assert len(spread) == 8 and min(min(g) for g in spread) < 8 and max(max(g) for g in spread) >= 24
     one = collate([indices[0]] * 3, step=0)  # one distinct product: nothing to rank, plain rows
     assert "tia_grid" not in one and one["tia_labels"].tolist() == [1, 1, 1]
 

@@ -31,7 +31,17 @@ from fashionbert.synthetic.attributes import (
 )
 from fashionbert.synthetic.catalog import CATALOG_SCHEMA, product_rngs
 from fashionbert.synthetic.drawing import render_garment, render_views
-from fashionbert.synthetic.text import look_tags, make_tags, queries, title_en, title_zh
+from fashionbert.synthetic.text import (
+    look_tags,
+    make_tags,
+    nameable_keys,
+    queries,
+    title_en,
+    title_keys,
+    title_keys_probability,
+    title_likelihood,
+    title_zh,
+)
 
 EXPECTED_SCHEMA = pa.schema(
     [
@@ -48,6 +58,7 @@ EXPECTED_SCHEMA = pa.schema(
         ("tags", pa.list_(pa.string())),
         ("price", pa.float64()),
         ("attributes", pa.map_(pa.string(), pa.string())),
+        ("title_attributes", pa.list_(pa.string())),
     ]
 )
 CJK = re.compile(r"[\u4e00-\u9fff]")
@@ -310,3 +321,37 @@ def test_query_log(catalog: tuple[SynthResult, pa.Table]) -> None:
             assert any(o["sub_category"] == rows[pid]["sub_category"] for o in owners)
     assert own > 0 and 0.02 < noise / (own + noise) < 0.25
     assert len(set(log.column("product_id").to_pylist())) > 0.8 * len(rows)
+
+
+def test_title_keys_probability_is_the_generators_own_frequency() -> None:
+    """The likelihood the random-100 ceiling ranks by must be what title_keys actually draws."""
+    rng = np.random.default_rng(3)
+    checked = 0
+    for attrs in sample_attrs(60, seed=11, split="train"):
+        draws = Counter(frozenset(title_keys(attrs, rng)) for _ in range(2000))
+        keys = nameable_keys(attrs)
+        subsets = {frozenset(k for j, k in enumerate(keys) if (mask >> j) & 1) for mask in range(2 ** len(keys))}
+        assert sum(title_keys_probability(s, attrs) for s in subsets) == pytest.approx(1.0)
+        for named, count in draws.items():
+            assert title_keys_probability(named, attrs) == pytest.approx(count / 2000, abs=0.035), (attrs, named)
+        checked += len(draws) > 1
+    assert checked > 30  # most products have a choice of what their title names
+
+
+def test_title_attributes_name_the_title_and_the_likelihood_reads_them(catalog: tuple[SynthResult, pa.Table]) -> None:
+    _, table = catalog
+    for row in table.to_pylist()[:40]:
+        attrs = dict(row["attributes"])
+        named = row["title_attributes"]
+        assert "colour" in named and set(named) <= set(nameable_keys(attrs))
+        lang = "zh" if CJK.search(row["title"]) else "en"
+        terms = {"colour": COLOURS}
+        for key in named:
+            if key in terms:
+                names = terms[key][attrs[key]].en if lang == "en" else terms[key][attrs[key]].zh
+                assert _mentions(row["title"], names), (row["title"], key)
+        own = {**{k: attrs[k] for k in named}, "sub_category": attrs["sub_category"]}
+        assert title_likelihood(own, attrs) > 0
+        other_colour = next(c for c in COLOURS if c != attrs["colour"])
+        assert title_likelihood(own, {**attrs, "colour": other_colour}) == 0.0
+        assert title_likelihood({**own, "sub_category": "not " + attrs["sub_category"]}, attrs) == 0.0

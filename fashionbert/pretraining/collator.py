@@ -185,8 +185,8 @@ class PretrainCollator:
 
         The sampler already lays batches out as same-sub-category runs; a sub-category's
         remainder is topped up with other remainders (so a small catalog still forms
-        groups), and groups are taken in batch order until G x G rows would exceed the
-        batch size (always at least one group). Fewer distinct records than G: one group
+        groups), and as many groups as fit G x G rows into the batch size (at least one)
+        are taken evenly spaced over the batch. Fewer distinct records than G: one group
         of all of them.
         """
         by_sub: dict[str, list[int]] = {}
@@ -204,7 +204,9 @@ class PretrainCollator:
             full.extend(members[k:k + size] for k in range(0, cut, size))
             rest.extend(members[cut:])
         full.extend(rest[k:k + size] for k in range(0, len(rest) - size + 1, size))
-        return full[:max(1, len(records) // (size * size))]
+        wanted = min(len(full), max(1, len(records) // (size * size)))
+        # evenly spaced over the batch, so a mixed batch (new + replay rows) keeps its mix in the joint pass
+        return [full[int(i)] for i in np.linspace(0, len(full) - 1, wanted).round()] if wanted else []
 
     def _grid_rows(self, records: list[PretrainRecord], encoded, segments: list[int], feats: np.ndarray,
                    rng: np.random.Generator) -> dict[str, torch.Tensor]:

@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from fashionbert.synthetic.attributes import SUB_CATEGORIES, eligible_sub_categories, sample_attributes
 from fashionbert.synthetic.drawing import render_views
-from fashionbert.synthetic.text import description, look_tags, make_tags, queries, title_en, title_zh
+from fashionbert.synthetic.text import description, look_tags, make_tags, queries, title_en, title_keys, title_zh
 
 SPLIT_CODE = {"train": 0, "test": 1}
 ID_PREFIX = {"train": "tr", "test": "te"}
@@ -46,6 +46,9 @@ CATALOG_SCHEMA = pa.schema(
         ("tags", pa.list_(pa.string())),
         ("price", pa.float64()),
         ("attributes", pa.map_(pa.string(), pa.string())),
+        # The attribute keys ``title`` names (the rest it leaves out): what a perfect reader of the
+        # title could know, for the Bayes ceiling of random-100 (fashionbert.evaluation.ceiling).
+        ("title_attributes", pa.list_(pa.string())),
     ]
 )
 QUERY_LOG_SCHEMA = pa.schema([("query", pa.string()), ("product_id", pa.string()), ("clicks", pa.int32())])
@@ -80,7 +83,10 @@ def make_product(index: int, seed: int, split: str, subs: Sequence[str], out_dir
     r_attr, r_text, r_img = product_rngs(seed, split, index)
     attrs = sample_attributes(r_attr, split, subs)
     pid = f"{id_prefix or ID_PREFIX[split]}-{index + 1:06d}"
-    t_en, t_zh = title_en(attrs, r_text), title_zh(attrs, r_text)
+    keys_en = title_keys(attrs, r_text)
+    t_en = title_en(attrs, r_text, keys_en)
+    keys_zh = title_keys(attrs, r_text)
+    t_zh = title_zh(attrs, r_text, keys_zh)
     lang = "zh" if r_text.random() < 0.5 else "en"
     looks = look_tags(attrs)
     row: dict[str, Any] = {
@@ -97,6 +103,7 @@ def make_product(index: int, seed: int, split: str, subs: Sequence[str], out_dir
         "tags": make_tags(attrs, looks),
         "price": price_of(attrs["sub_category"], r_text),
         "attributes": sorted(attrs.items()),
+        "title_attributes": sorted(keys_zh if lang == "zh" else keys_en),
     }
     for v, img in enumerate(render_views(attrs, r_img, int(r_img.integers(2, 5)))):
         rel = f"images/{pid}_{v}.jpg"

@@ -9,7 +9,7 @@ named in titles: they are what a shopper searches for first.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 import numpy as np
 
@@ -67,15 +67,55 @@ def nameable_keys(attrs: Mapping[str, str]) -> list[str]:
     return keys
 
 
-def _chosen_keys(attrs: Mapping[str, str], rng: np.random.Generator) -> list[str]:
+SOLID_LEFT_IMPLICIT = 0.6  # how often a title leaves a solid pattern unnamed
+ONE_LEFT_OUT = 0.3  # how often a title leaves out one of the non-colour attributes it could name
+
+
+def title_keys(attrs: Mapping[str, str], rng: np.random.Generator) -> list[str]:
     """Keys a title names: colour always; sometimes one other omitted; 'solid' often left implicit."""
     keys = nameable_keys(attrs)
-    if attrs["pattern"] == "solid" and rng.random() < 0.6:
+    if attrs["pattern"] == "solid" and rng.random() < SOLID_LEFT_IMPLICIT:
         keys.remove("pattern")
     others = [k for k in keys if k != "colour"]
-    if others and rng.random() < 0.3:
+    if others and rng.random() < ONE_LEFT_OUT:
         keys.remove(_pick(rng, others))
     return keys
+
+
+def title_keys_probability(named: Collection[str], attrs: Mapping[str, str]) -> float:
+    """P(:func:`title_keys` names exactly ``named`` for a product with ``attrs``).
+
+    Why: it is the likelihood of a title given a candidate image (times whether the
+    named values agree), which is what the Bayes-optimal random-100 ranker orders by
+    (:func:`title_likelihood`); kept next to :func:`title_keys` so the two cannot drift
+    apart (a test compares them with the generator's own draws).
+    """
+    named = set(named)
+    keys = nameable_keys(attrs)
+    if attrs["pattern"] == "solid":
+        branches = [([k for k in keys if k != "pattern"], SOLID_LEFT_IMPLICIT), (keys, 1.0 - SOLID_LEFT_IMPLICIT)]
+    else:
+        branches = [(keys, 1.0)]
+    total = 0.0
+    for kept, p in branches:
+        others = [k for k in kept if k != "colour"]
+        if set(kept) == named:
+            total += p * ((1.0 - ONE_LEFT_OUT) if others else 1.0)
+        total += sum(p * ONE_LEFT_OUT / len(others) for k in others if set(kept) - {k} == named)
+    return total
+
+
+def title_likelihood(named: Mapping[str, str], attrs: Mapping[str, str]) -> float:
+    """P(a title naming ``named`` {key: value} | a product with ``attrs``); 0 when a named value disagrees.
+
+    Titles of other sub-categories name another noun, so they score 0 too.
+    """
+    if named.get("sub_category", attrs["sub_category"]) != attrs["sub_category"]:
+        return 0.0
+    keys = [k for k in named if k != "sub_category"]
+    if any(attrs.get(k) != named[k] for k in keys):
+        return 0.0
+    return title_keys_probability(keys, attrs)
 
 
 def _phrases(attrs: Mapping[str, str], keys: list[str], lang: str, rng: np.random.Generator) -> dict[str, str]:
@@ -89,10 +129,10 @@ def _phrases(attrs: Mapping[str, str], keys: list[str], lang: str, rng: np.rando
     return out
 
 
-def title_en(attrs: Mapping[str, str], rng: np.random.Generator) -> str:
-    """An English product title; ASCII only."""
+def title_en(attrs: Mapping[str, str], rng: np.random.Generator, keys: Sequence[str] | None = None) -> str:
+    """An English product title naming ``keys`` (default: :func:`title_keys`' draw); ASCII only."""
     sub = SUB_CATEGORIES[attrs["sub_category"]]
-    keys = _chosen_keys(attrs, rng)
+    keys = title_keys(attrs, rng) if keys is None else list(keys)
     ph = _phrases(attrs, keys, "en", rng)
     order = [k for k in ("length", "height", "colour", "pattern", "sleeve", "neckline") if k in ph]
     if rng.random() < 0.4 and len(order) > 2:  # shuffle the non-colour modifiers
@@ -116,10 +156,10 @@ def title_en(attrs: Mapping[str, str], rng: np.random.Generator) -> str:
     return _cap(title) if rng.random() < 0.75 else title[:1].upper() + title[1:]
 
 
-def title_zh(attrs: Mapping[str, str], rng: np.random.Generator) -> str:
-    """A Chinese product title in the dense, keyword-stacked style of Taobao listings."""
+def title_zh(attrs: Mapping[str, str], rng: np.random.Generator, keys: Sequence[str] | None = None) -> str:
+    """A Chinese product title in the dense, keyword-stacked style of Taobao listings, naming ``keys``."""
     sub = SUB_CATEGORIES[attrs["sub_category"]]
-    keys = _chosen_keys(attrs, rng)
+    keys = title_keys(attrs, rng) if keys is None else list(keys)
     ph = _phrases(attrs, keys, "zh", rng)
     order = [k for k in ("colour", "pattern", "print", "sleeve", "neckline", "length", "height") if k in ph]
     if rng.random() < 0.5:
