@@ -41,9 +41,8 @@ class EvalConfig:
     device: str = "cpu"
 
 
-def eval_items(catalog_path: Path, features_dir: Path) -> tuple[list[EvalItem], np.ndarray]:
+def eval_items(catalog: Catalog, features_dir: Path) -> tuple[list[EvalItem], np.ndarray]:
     """One item per product: its title and the features of its first extracted image."""
-    catalog = read_catalog(catalog_path, check_images="none")
     store = FeatureStore(features_dir)
     items, feats = [], []
     for pid, sub, title in zip(*(catalog.table.column(c).to_pylist() for c in ("product_id", "sub_category", "title"))):
@@ -53,7 +52,7 @@ def eval_items(catalog_path: Path, features_dir: Path) -> tuple[list[EvalItem], 
         items.append(EvalItem(pid, sub, title, len(feats)))
         feats.append(store.get(pid, views[0]))
     if not items:
-        raise ValueError(f"no product of {catalog_path} has features in {features_dir}")
+        raise ValueError(f"no product of the catalog under {catalog.root} has features in {features_dir}")
     return items, np.stack(feats)
 
 
@@ -72,7 +71,8 @@ def title_attribute_likelihood(catalog: Catalog, items: list[EvalItem]) -> Calla
 def evaluate(cfg: EvalConfig, echo: Callable[[str], None] = print) -> dict[str, float]:
     start = time.perf_counter()
     model = FashionBert.from_pretrained(cfg.checkpoint, device=cfg.device)
-    items, feats = eval_items(cfg.catalog, cfg.features)
+    catalog = read_catalog(cfg.catalog, check_images="none")
+    items, feats = eval_items(catalog, cfg.features)
     echo(f"eval: {len(items)} held-out products, checkpoint {cfg.checkpoint}")
     r100 = evaluate_random100(model, items, feats, cfg.n_queries, cfg.n_candidates, cfg.seed) if cfg.random100 else None
     full = evaluate_full_catalog(model, items, feats) if cfg.full else None
@@ -86,7 +86,7 @@ def evaluate(cfg: EvalConfig, echo: Callable[[str], None] = print) -> dict[str, 
         echo(f"eval: random-100 SumR {metrics['random100.sum_r']:.1f} (cross encoder), "
              f"{products['random100_dual.sum_r']:.1f} (dual encoder, same groups)")
     if cfg.random100 and cfg.ceiling:
-        likelihood = title_attribute_likelihood(read_catalog(cfg.catalog, check_images="none"), items)
+        likelihood = title_attribute_likelihood(catalog, items)
         if likelihood is not None:
             ceiling = random100_ceiling(items, likelihood, cfg.n_queries, cfg.n_candidates, cfg.seed)
             products.update({f"random100_ceiling.{d}.{k}": v for d in ("t2i", "i2t") for k, v in ceiling[d].items()})
