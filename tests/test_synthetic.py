@@ -31,6 +31,7 @@ from fashionbert.synthetic.attributes import (
 )
 from fashionbert.synthetic.catalog import CATALOG_SCHEMA, product_rngs
 from fashionbert.synthetic.drawing import render_garment, render_views
+from fashionbert.synthetic.seasons import SEASONS, TREND_COLOUR_SEASONS, draw_season, trend_tags
 from fashionbert.synthetic.text import (
     look_tags,
     make_tags,
@@ -108,7 +109,7 @@ def test_schema_ids_and_images(catalog: tuple[SynthResult, pa.Table]) -> None:
         assert SUB_CATEGORIES[row["sub_category"]].category == row["category"]
         assert row["lang"] in ("zh", "en")
         assert row["title"] == (row["title_zh"] if row["lang"] == "zh" else row["title_en"])
-        assert attrs["colour"] in row["tags"] and row["price"] > 0
+        assert attrs["colour"] not in row["tags"] and attrs["season"] in SEASONS and row["price"] > 0
         assert 2 <= len(row["queries"]) <= 4 and row["description"]
     assert n_images == res.n_images
     langs = Counter(table.column("lang").to_pylist())
@@ -193,25 +194,59 @@ def test_titles_name_colour_and_sub_category() -> None:
 def test_tags_are_the_merchant_hashtags_with_looks_from_attribute_combinations() -> None:
     base = {"category": "tops", "sub_category": "t-shirt", "sleeve": "short", "neckline": "crew", "print": "none"}
     plain_black = {**base, "colour": "black", "pattern": "solid"}
-    assert make_tags(plain_black, look_tags(plain_black)) == ["t-shirt", "black", "minimalist"]
+    assert make_tags(plain_black, look_tags(plain_black)) == ["minimalist"]  # no sub-category or colour tag
     # Each look is a conjunction: change one attribute of the combination and it goes.
     assert "minimalist" not in look_tags({**plain_black, "print": "star"})
     assert "minimalist" not in look_tags({**plain_black, "colour": "red"})
     red_dots = {**base, "colour": "red", "pattern": "dots"}
-    assert make_tags(red_dots, look_tags(red_dots)) == ["t-shirt", "red", "dots", "statement", "vintage"]
+    assert make_tags(red_dots, look_tags(red_dots), ["in-season-cut"]) == ["dots", "statement", "vintage", "in-season-cut"]
     assert "vintage" not in look_tags({**red_dots, "colour": "blue"}) and "statement" in look_tags({**red_dots, "colour": "blue"})
     office = {"category": "bottoms", "sub_category": "trousers", "colour": "navy", "pattern": "stripes"}
     assert "office" in look_tags(office) and "office" not in look_tags({**office, "pattern": "check"})
     assert "office" not in look_tags({**office, "colour": "yellow"})
     tags_per_product, looks = [], Counter()
-    for attrs in sample_attrs(600, seed=3, split="train"):
-        tags = make_tags(attrs, look_tags(attrs))
-        assert tags[:2] == [SUB_CATEGORIES[attrs["sub_category"]].tag, COLOURS[attrs["colour"]].tag]
+    for i, attrs in enumerate(sample_attrs(600, seed=3, split="train")):
+        attrs["season"] = draw_season(product_rngs(3, "train", i)[3])
+        tags = make_tags(attrs, look_tags(attrs), trend_tags(attrs))
+        assert SUB_CATEGORIES[attrs["sub_category"]].tag not in tags and COLOURS[attrs["colour"]].tag not in tags
         assert len(set(tags)) == len(tags) and look_tags(attrs) == look_tags(dict(attrs))  # no duplicates, no RNG
         tags_per_product.append(len(tags))
         looks.update(look_tags(attrs))
-    assert 3.0 < np.mean(tags_per_product) < 5.0  # top-3 decisions are not all obvious ones
+    assert 2.5 < np.mean(tags_per_product) < 4.0 and np.mean(np.array(tags_per_product) == 0) < 0.08
     assert len(looks) >= 8 and min(looks.values()) >= 10  # every look is learnable from a train catalog
+
+
+def test_in_season_tags_need_the_season_and_the_garment_together() -> None:
+    """Neither side alone says anything about in-season colour: every colour is in exactly two
+    seasons, and a season's verdict flips with the colour; the pattern and cut tags likewise
+    depend on the pair."""
+    assert all(len(set(s)) == 2 for s in TREND_COLOUR_SEASONS.values())
+    per_season = Counter(s for pair in TREND_COLOUR_SEASONS.values() for s in pair)
+    assert set(per_season) == set(SEASONS) and max(per_season.values()) - min(per_season.values()) <= 1
+    shirt = {"sub_category": "t-shirt", "colour": "red", "pattern": "stripes", "sleeve": "long", "neckline": "v-neck"}
+    assert trend_tags({**shirt, "season": "winter"}) == ["in-season-colour", "in-season-pattern", "in-season-cut"]
+    assert trend_tags({**shirt, "season": "summer"}) == ["in-season-pattern"]  # red is not summer's; stripes are
+    assert trend_tags({**shirt, "season": "spring"}) == ["in-season-cut"]  # the v-neck
+    assert trend_tags({**shirt, "season": "autumn"}) == ["in-season-colour", "in-season-cut"]
+    assert trend_tags({**shirt, "colour": "pink", "season": "summer"})[0] == "in-season-colour"
+    assert "in-season-pattern" not in trend_tags({**shirt, "pattern": "solid", "season": "winter"})
+    with pytest.raises(ValueError, match="unknown season"):
+        trend_tags({**shirt, "season": "monsoon"})
+
+
+def test_every_title_opens_with_the_season_drawn_without_moving_attributes_or_pixels(catalog) -> None:
+    _, table = catalog
+    for row in table.to_pylist():
+        attrs = dict(row["attributes"])
+        season = SEASONS[attrs["season"]]
+        assert row["title_en"].startswith(season.en) and row["title_zh"].startswith(season.zh), row
+        others = [n for s, t in SEASONS.items() if s != attrs["season"] for n in t.en]
+        assert not any(re.search(rf"\b{re.escape(n)}\b", row["title_en"]) for n in others if " " not in n), row
+        assert set(trend_tags(attrs)) <= set(row["tags"])
+    # The season has its own stream: the attribute stream draws what it drew before seasons existed.
+    rngs, subs = product_rngs(0, "train", 5), eligible_sub_categories("train")
+    assert len(rngs) == 4 and sample_attributes(rngs[0], "train", subs) == sample_attributes(
+        np.random.default_rng([0, 0, 5, 0]), "train", subs)
 
 
 def test_solid_garment_colour_is_the_named_colour() -> None:

@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from fashionbert.synthetic.attributes import SUB_CATEGORIES, eligible_sub_categories, sample_attributes
 from fashionbert.synthetic.drawing import render_views
+from fashionbert.synthetic.seasons import draw_season, season_phrase, trend_tags
 from fashionbert.synthetic.text import description, look_tags, make_tags, queries, title_en, title_keys, title_zh
 
 SPLIT_CODE = {"train": 0, "test": 1}
@@ -66,8 +67,12 @@ class SynthResult:
 
 
 def product_rngs(seed: int, split: str, index: int) -> tuple[np.random.Generator, ...]:
-    """Independent streams for attributes, text and pixels, so a text change never moves an image."""
-    return tuple(np.random.default_rng([seed, SPLIT_CODE[split], index, s]) for s in range(3))
+    """Independent streams for attributes, text, pixels and the collection season.
+
+    Separate streams so a text change never moves an image, and the season (added later) moved
+    no attribute and no pixel of an existing product.
+    """
+    return tuple(np.random.default_rng([seed, SPLIT_CODE[split], index, s]) for s in range(4))
 
 
 def price_of(sub_category: str, rng: np.random.Generator) -> float:
@@ -80,13 +85,14 @@ def price_of(sub_category: str, rng: np.random.Generator) -> float:
 
 def make_product(index: int, seed: int, split: str, subs: Sequence[str], out_dir: Path, id_prefix: str | None = None) -> dict[str, Any]:
     """One product row; its 2-4 views are written to `out_dir/images/`."""
-    r_attr, r_text, r_img = product_rngs(seed, split, index)
+    r_attr, r_text, r_img, r_season = product_rngs(seed, split, index)
     attrs = sample_attributes(r_attr, split, subs)
+    season = draw_season(r_season)
     pid = f"{id_prefix or ID_PREFIX[split]}-{index + 1:06d}"
     keys_en = title_keys(attrs, r_text)
-    t_en = title_en(attrs, r_text, keys_en)
+    t_en = season_phrase(season, "en", r_season) + " " + title_en(attrs, r_text, keys_en)
     keys_zh = title_keys(attrs, r_text)
-    t_zh = title_zh(attrs, r_text, keys_zh)
+    t_zh = season_phrase(season, "zh", r_season) + title_zh(attrs, r_text, keys_zh)
     lang = "zh" if r_text.random() < 0.5 else "en"
     looks = look_tags(attrs)
     row: dict[str, Any] = {
@@ -100,9 +106,10 @@ def make_product(index: int, seed: int, split: str, subs: Sequence[str], out_dir
         "sub_category": attrs["sub_category"],
         "images": [],
         "queries": queries(attrs, r_text),
-        "tags": make_tags(attrs, looks),
+        "tags": make_tags(attrs, looks, trend_tags({**attrs, "season": season})),
         "price": price_of(attrs["sub_category"], r_text),
-        "attributes": sorted(attrs.items()),
+        # The season is not a visual attribute (no picture shows it) but a fact of the listing.
+        "attributes": sorted({**attrs, "season": season}.items()),
         "title_attributes": sorted(keys_zh if lang == "zh" else keys_en),
     }
     for v, img in enumerate(render_views(attrs, r_img, int(r_img.integers(2, 5)))):

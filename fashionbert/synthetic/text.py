@@ -15,9 +15,11 @@ import numpy as np
 
 from fashionbert.synthetic.attributes import ATTRIBUTE_TERMS, CATEGORIES, SUB_CATEGORIES, attribute_keys
 
-_EN_PREFIX = ("New", "Trendy", "Casual", "Premium", "Classic", "Hot Sale", "2026 Spring", "Fashion", "Chic")
+# No season words here: the collection season opens every title (fashionbert.synthetic.seasons) and
+# a second, contradicting season would make the in-season tags unknowable.
+_EN_PREFIX = ("New", "Trendy", "Casual", "Premium", "Classic", "Hot Sale", "Fashion", "Chic")
 _EN_SUFFIX = ("Free Shipping", "Best Seller", "Gift Idea", "Everyday Wear", "Limited Edition", "New Arrival")
-_ZH_PREFIX = ("新款", "2026春季", "2026夏季", "韩版", "ins风", "百搭", "显瘦", "爆款", "时尚", "简约", "网红同款")
+_ZH_PREFIX = ("新款", "韩版", "ins风", "百搭", "显瘦", "爆款", "时尚", "简约", "网红同款")
 _ZH_SUFFIX = ("包邮", "女", "百搭款", "潮", "现货速发", "清仓特价")
 _MATERIAL = {
     "tops": (("cotton", "纯棉"), ("linen", "亚麻"), ("polyester", "涤纶")),
@@ -36,8 +38,8 @@ _EN_FEATURE = {  # fixed grammatical phrases for descriptions (titles carry the 
     ("print", "heart"): "a heart print", ("print", "logo"): "a logo print", ("height", "ankle"): "an ankle-high shaft",
     ("height", "knee-high"): "a knee-high shaft",
 }
-_STYLE_ZH = {"casual": "休闲", "office": "通勤", "sporty": "运动", "party": "派对", "summer": "夏日",
-             "winter": "冬季", "streetwear": "街头", "vintage": "复古", "minimalist": "极简", "statement": "吸睛"}
+_STYLE_ZH = {"casual": "休闲", "office": "通勤", "sporty": "运动", "party": "派对", "warm-weather": "清凉",
+             "cold-weather": "保暖", "streetwear": "街头", "vintage": "复古", "minimalist": "极简", "statement": "吸睛"}
 
 
 def _pick(rng: np.random.Generator, seq: Sequence[str]) -> str:
@@ -164,9 +166,7 @@ def title_zh(attrs: Mapping[str, str], rng: np.random.Generator, keys: Sequence[
     order = [k for k in ("colour", "pattern", "print", "sleeve", "neckline", "length", "height") if k in ph]
     if rng.random() < 0.5:
         order = [order[i] for i in rng.permutation(len(order))]
-    words = list(dict.fromkeys(_pick(rng, _ZH_PREFIX) for _ in range(int(rng.integers(0, 4)))))
-    seasons = [w for w in words if w.startswith("2026")]
-    prefix = "".join(w for w in words if not w.startswith("2026") or w == seasons[0])  # one season at most
+    prefix = "".join(dict.fromkeys(_pick(rng, _ZH_PREFIX) for _ in range(int(rng.integers(0, 4)))))
     body = "".join(ph[k] for k in order) + _pick(rng, sub.zh)
     parts = [prefix, body] if prefix else [body]
     if rng.random() < 0.45:
@@ -207,29 +207,29 @@ def look_tags(attrs: Mapping[str, str]) -> list[str]:
     if colour in _PARTY_COLOURS and (sub in ("bodycon dress", "heels") or (sub == "a-line dress" and short)):
         looks.append("party")
     if attrs.get("sleeve") == "sleeveless" or sub == "shorts" or (short and colour not in _DARK):
-        looks.append("summer")
+        looks.append("warm-weather")
     if sub in _SPORTY and (pattern in ("solid", "stripes") or attrs.get("print") == "logo"):
         looks.append("sporty")
     if attrs.get("print") == "logo" or (sub in ("hoodie", "sneakers", "jeans") and colour in ("black", "white", "grey")):
         looks.append("streetwear")
     if attrs.get("height") == "knee-high" or (sub == "hoodie" and attrs.get("sleeve") == "long" and colour in _DARK):
-        looks.append("winter")
+        looks.append("cold-weather")
     return looks
 
 
-def make_tags(attrs: Mapping[str, str], looks: Sequence[str]) -> list[str]:
-    """A merchant's tags: sub-category, colour, a pattern or print when there is one, then the looks.
+def make_tags(attrs: Mapping[str, str], looks: Sequence[str], trends: Sequence[str] = ()) -> list[str]:
+    """A merchant's hashtags: the pattern or print when there is one, the looks, the season's trends.
 
-    Shape attributes (sleeve, neckline, length, shaft height) live in the structured
-    ``attributes`` column and are not repeated as tags, as on real marketplaces where tags are
-    the searchable hashtags; so a product carries 2-6 tags, and a tagger's top 3 are decided
-    by the looks as much as by the obvious sub-category and colour.
+    What a tagger is asked to *suggest*: the sub-category, the colour and the shape attributes
+    (sleeve, neckline, length, shaft height) are structured fields every listing already fills
+    in (the ``sub_category`` column, the ``attributes`` map) and every title names, so they are
+    not repeated as tags: they filled a top-3 with answers any method reads off for free, which
+    left F1@3 unable to tell a tagger from a linear probe (docs/design.md item 43). Products
+    carry 0-7 tags (3.1 on average); a product without any is skipped by training and metrics.
     """
-    tags = [SUB_CATEGORIES[attrs["sub_category"]].tag, ATTRIBUTE_TERMS["colour"][attrs["colour"]].tag]
-    for key in ("pattern", "print"):
-        if attrs.get(key, "none") not in ("none", "solid"):
-            tags.append(ATTRIBUTE_TERMS[key][attrs[key]].tag)
-    return tags + [t for t in looks if t not in tags]
+    tags = [ATTRIBUTE_TERMS[key][attrs[key]].tag for key in ("pattern", "print")
+            if attrs.get(key, "none") not in ("none", "solid")]
+    return tags + [t for t in (*looks, *trends) if t not in tags]
 
 
 def description(attrs: Mapping[str, str], lang: str, looks: Sequence[str], rng: np.random.Generator) -> str:
