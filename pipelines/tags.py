@@ -250,7 +250,8 @@ def evaluate_tagger(tagger_dir: Path, catalog: Path, features: Path, json_out: P
     rows = tagged_rows(held, catalog)
     truth = [held.tags[i] for i in rows]
     echo(f"tags eval: {len(rows)} held-out products with tags, tagger {tagger.name} ({tagger.version})")
-    metrics = _prefixed("model", score_metrics(scores_of(tagger, held, rows, None, batch_size), tagger.vocabulary.tags, truth))
+    metrics = _prefixed("model", score_metrics(scores_of(tagger, held, rows, None, batch_size), tagger.vocabulary.tags, truth,
+                                               per_tag=True))
     train_cfg = _recorded_training(tagger, Path(tagger_dir)) if baselines or ablations else None
     if baselines and train_cfg is not None:
         train, _ = load_tag_data(train_cfg.catalog, train_cfg.features, tagger.config.max_views,
@@ -266,7 +267,7 @@ def evaluate_tagger(tagger_dir: Path, catalog: Path, features: Path, json_out: P
             x_held = pooled_features(tagger.trunk, held, rows, tagger.config.max_views, batch_size, passes)
             linear = LateFusionLinear.fit(x_train, y, pos_weight=pos_weights(y, TrainOptions().max_pos_weight),
                                           seed=train_cfg.seed)
-            metrics |= _prefixed(name, score_metrics(linear.scores(x_held), tagger.vocabulary.tags, truth))
+            metrics |= _prefixed(name, score_metrics(linear.scores(x_held), tagger.vocabulary.tags, truth, per_tag=True))
     if ablations and train_cfg is not None:
         for name, values in run_ablations(train_cfg, catalog, features, seeds=seeds, echo=echo).items():
             metrics |= _prefixed(f"ablation.{name}", values)

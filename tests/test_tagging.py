@@ -24,9 +24,11 @@ from fashionbert.tagging import (
     TaggerConfig,
     TaggerHead,
     TagVocabulary,
+    average_precision,
     masked_softmax,
     ranking_metrics,
     score_metrics,
+    tag_average_precision,
     top_k,
 )
 from fashionbert.tagging.baselines import LateFusionLinear
@@ -194,6 +196,23 @@ def test_metrics_on_a_hand_computed_example():
     scores = np.array([[0.1, 0.9, 0.9, 0.0]])
     assert top_k(scores, 3).tolist() == [[1, 2, 0]]  # ties: lower index first
     assert score_metrics(scores, ["p", "q", "r", "s"], [{"r"}], ks=(1,))["p@1"] == 0.0
+
+
+def test_average_precision_ranks_products_per_tag_and_ties_count_against():
+    # positives at ranks 1 and 3 of 4: (1/1 + 2/3) / 2
+    assert average_precision(np.array([0.9, 0.5, 0.2, 0.1]), np.array([1, 0, 1, 0])) == pytest.approx(5 / 6)
+    # a constant score is not rewarded by the order it happens to be in: positives go last
+    assert average_precision(np.zeros(4), np.array([1, 0, 0, 0])) == pytest.approx(1 / 4)
+    with pytest.raises(ValueError, match="at least one positive"):
+        average_precision(np.zeros(3), np.zeros(3))
+    scores = np.array([[0.9, 0.1], [0.2, 0.8], [0.7, 0.6], [0.5, 0.5]])
+    truth = [{"a"}, {"b"}, {"a", "b"}, set()]  # the tagless fourth product is not ranked
+    ap = tag_average_precision(scores, ["a", "b", "c"][:2], truth)
+    assert ap["ap:a"] == pytest.approx(1.0) and ap["ap:b"] == pytest.approx(1.0) and ap["map"] == pytest.approx(1.0)
+    flipped = tag_average_precision(scores[:, ::-1], ["a", "b"], truth)  # a ranked by b's scores: positives 2nd, 3rd
+    assert flipped["ap:a"] == pytest.approx((1 / 2 + 2 / 3) / 2)
+    m = score_metrics(scores, ["a", "b"], truth, ks=(1,))
+    assert m["map"] == pytest.approx(1.0) and "ap:a" not in m and "ap:a" in score_metrics(scores, ["a", "b"], truth, (1,), per_tag=True)
 
 
 # ----------------------------------------------------------------------------- the trunk side

@@ -9,6 +9,11 @@ averaging over products:
 * ``F1@k``  = 2·P@k·R@k / (P@k + R@k), computed from the two means (not a mean of per-product
   F1s, which would reward getting a few products right over being right on average);
 * ``hit@k`` = share of products with at least one true tag in their top k.
+* ``map``   = macro mean over the vocabulary of each tag's average precision, ranking the
+  *products* by that tag's score. Why beside F1@k: F1@3 only counts a product's three best
+  tags, so a tag a method is unsure of but which always ranks below three confident true
+  tags never costs it anything; AP scores every tag on its own, the rare and the hard ones
+  too (``ap:<tag>`` keys from :func:`tag_average_precision` say which).
 
 Truth is every tag the catalog lists for the product, including tags outside the model's
 vocabulary: those are real tags the model could not suggest, and dropping them would
@@ -65,15 +70,48 @@ def ranking_metrics(ranked: Sequence[Sequence[str]], truth: Sequence[Collection[
     return out
 
 
+def average_precision(scores: np.ndarray, positive: np.ndarray) -> float:
+    """AP of one ranking: the mean, over the positives, of the precision at each one's rank.
+
+    Ties are broken pessimistically (negatives first), so a constant score earns the base rate,
+    not a lucky order.
+    """
+    positive = np.asarray(positive, dtype=bool)
+    if not positive.any():
+        raise ValueError("average precision needs at least one positive")
+    order = np.lexsort((positive, -np.asarray(scores, dtype=np.float64)))  # by score desc, then negatives first
+    hits = positive[order]
+    ranks = np.flatnonzero(hits) + 1
+    return float(np.mean(np.arange(1, len(ranks) + 1) / ranks))
+
+
+def tag_average_precision(scores: np.ndarray, tags: Sequence[str],
+                          truth: Sequence[Collection[str]]) -> dict[str, float]:
+    """``ap:<tag>`` for every vocabulary tag with a positive among the products, and ``map``, their mean."""
+    scores = np.asarray(scores)
+    if scores.shape != (len(truth), len(tags)):
+        raise ValueError(f"scores {scores.shape} do not match {len(truth)} products x {len(tags)} tags")
+    keep = [i for i, t in enumerate(truth) if len(set(t)) > 0]
+    out: dict[str, float] = {}
+    for j, tag in enumerate(tags):
+        positive = np.array([tag in truth[i] for i in keep], dtype=bool)
+        if positive.any():
+            out[f"ap:{tag}"] = average_precision(scores[keep, j], positive)
+    out["map"] = float(np.mean(list(out.values()))) if out else 0.0
+    return out
+
+
 def score_metrics(scores: np.ndarray, tags: Sequence[str], truth: Sequence[Collection[str]],
-                  ks: Sequence[int] = DEFAULT_KS) -> dict[str, float]:
-    """:func:`ranking_metrics` of a [n_products, n_tags] score matrix over the vocabulary ``tags``."""
+                  ks: Sequence[int] = DEFAULT_KS, per_tag: bool = False) -> dict[str, float]:
+    """:func:`ranking_metrics` of a [n_products, n_tags] score matrix over the vocabulary ``tags``, plus ``map``
+    (and every ``ap:<tag>`` with ``per_tag``)."""
     idx = top_k(scores, max(ks))
     ranked = [[tags[j] for j in row] for row in idx]
-    return ranking_metrics(ranked, truth, ks)
+    ap = tag_average_precision(scores, tags, truth)
+    return ranking_metrics(ranked, truth, ks) | (ap if per_tag else {"map": ap["map"]})
 
 
-TABLE_COLUMNS = ("p@1", "p@3", "r@3", "f1@3", "p@5", "r@5", "f1@5", "hit@1", "hit@3", "hit@5")
+TABLE_COLUMNS = ("p@1", "p@3", "r@3", "f1@3", "p@5", "r@5", "f1@5", "hit@1", "hit@3", "hit@5", "map")
 
 
 def markdown_table(metrics: dict[str, float], columns: Sequence[str] = TABLE_COLUMNS) -> str:
