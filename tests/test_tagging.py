@@ -205,6 +205,8 @@ def test_average_precision_ranks_products_per_tag_and_ties_count_against():
     assert average_precision(np.zeros(4), np.array([1, 0, 0, 0])) == pytest.approx(1 / 4)
     with pytest.raises(ValueError, match="at least one positive"):
         average_precision(np.zeros(3), np.zeros(3))
+    with pytest.raises(ValueError, match="do not match"):
+        tag_average_precision(np.zeros((2, 3)), ["a", "b"], [{"a"}, {"b"}])
     scores = np.array([[0.9, 0.1], [0.2, 0.8], [0.7, 0.6], [0.5, 0.5]])
     truth = [{"a"}, {"b"}, {"a", "b"}, set()]  # the tagless fourth product is not ranked
     ap = tag_average_precision(scores, ["a", "b", "c"][:2], truth)

@@ -88,6 +88,7 @@ def make_product(index: int, seed: int, split: str, subs: Sequence[str], out_dir
     r_attr, r_text, r_img, r_season = product_rngs(seed, split, index)
     attrs = sample_attributes(r_attr, split, subs)
     season = draw_season(r_season)
+    listing = {**attrs, "season": season}  # the season is a fact of the listing, not a visual attribute
     pid = f"{id_prefix or ID_PREFIX[split]}-{index + 1:06d}"
     keys_en = title_keys(attrs, r_text)
     t_en = season_phrase(season, "en", r_season) + " " + title_en(attrs, r_text, keys_en)
@@ -106,10 +107,9 @@ def make_product(index: int, seed: int, split: str, subs: Sequence[str], out_dir
         "sub_category": attrs["sub_category"],
         "images": [],
         "queries": queries(attrs, r_text),
-        "tags": make_tags(attrs, looks, trend_tags({**attrs, "season": season})),
+        "tags": make_tags(attrs, looks, trend_tags(listing)),
         "price": price_of(attrs["sub_category"], r_text),
-        # The season is not a visual attribute (no picture shows it) but a fact of the listing.
-        "attributes": sorted({**attrs, "season": season}.items()),
+        "attributes": sorted(listing.items()),
         "title_attributes": sorted(keys_zh if lang == "zh" else keys_en),
     }
     for v, img in enumerate(render_views(attrs, r_img, int(r_img.integers(2, 5)))):
