@@ -45,10 +45,14 @@ from indexer.feature_store import FeatureStore
 from indexer.features import resolve_device
 
 Echo = Callable[[str], None]
-ABLATIONS: dict[str, dict[str, bool]] = {
+# concat_mlp_fusion is not an ablation of a part but a second reading of "concatenation instead": with a
+# hidden ReLU the concatenation is an MLP that can learn interactions, so it tells MFB's product apart
+# from mere depth (docs/design.md item 44).
+ABLATIONS: dict[str, dict[str, Any]] = {
     "full": {},
     "no_low_level_attention": {"use_low_level_attention": False},
-    "concat_fusion": {"use_bilinear": False},
+    "concat_fusion": {"fusion": "concat"},
+    "concat_mlp_fusion": {"fusion": "concat_mlp"},
     "no_high_level_attention": {"use_high_level_attention": False},
 }
 
@@ -118,6 +122,7 @@ class TagTrainConfig:
     batch_size: int = 32
     lr: float = 1e-3
     patience: int = 10  # validation F1@3 on ~200 products is noisy: 4 stopped runs whose best epoch was still ahead
+    select_on: str = "map"  # validation metric that picks the epoch (TrainOptions.select_on)
     val_fraction: float = 0.1
     modality_dropout: float = 0.3
     device: str = "cpu"
@@ -129,7 +134,7 @@ class TagTrainConfig:
 
     def options(self) -> TrainOptions:
         return TrainOptions(max_epochs=self.epochs, max_minutes=self.max_minutes, batch_size=self.batch_size, lr=self.lr,
-                            loss=self.loss, patience=self.patience, val_fraction=self.val_fraction,
+                            loss=self.loss, patience=self.patience, select_on=self.select_on, val_fraction=self.val_fraction,
                             modality_dropout=self.modality_dropout, seed=self.seed, progress=self.progress)
 
     def record(self) -> dict[str, Any]:
@@ -137,7 +142,7 @@ class TagTrainConfig:
 
     @classmethod
     def from_record(cls, record: dict[str, Any], **changes: Any) -> TagTrainConfig:
-        fields_ = {**record, **changes}
+        fields_ = {"select_on": "f1@3", **record, **changes}  # taggers recorded before select_on chose on F1@3
         for key in ("catalog", "features", "checkpoint", "out"):
             if fields_.get(key) is not None:
                 fields_[key] = Path(fields_[key])
@@ -158,8 +163,8 @@ class TagTrainSummary:
     items_per_second: float
 
     def line(self) -> str:
-        f1 = self.best_val.get("f1@3")
-        val = f", validation F1@3 {f1:.4f}" if f1 is not None else ""
+        val = "".join(f", validation {name} {self.best_val[key]:.4f}" for key, name in (("map", "mAP"), ("f1@3", "F1@3"))
+                      if key in self.best_val)
         return (f"tags train: {self.n_tags} tags, {self.epochs} epoch(s) (best {self.best_epoch}, stopped by "
                 f"{self.stopped_by}){val}, {self.items_per_second:.1f} items/s in {self.seconds:.1f} s -> {self.tagger}")
 

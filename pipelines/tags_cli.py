@@ -31,13 +31,14 @@ def train(
     checkpoint: Annotated[Path, typer.Option(help="FashionBERT checkpoint directory (the trunk).")],
     out: Annotated[Path, typer.Option(help="Tagger directory to write (self-contained: head, tags, trunk).")],
     max_minutes: Annotated[float | None, typer.Option(min=0.01, help="Stop after this many minutes (whichever comes first).")] = None,
-    epochs: Annotated[int, typer.Option(min=1, help="Most epochs (early stopping on validation F1@3 may stop sooner).")] = 60,
+    epochs: Annotated[int, typer.Option(min=1, help="Most epochs (early stopping on the validation split may stop sooner).")] = 60,
     fine_tune_trunk: Annotated[bool, typer.Option("--fine-tune-trunk", help="Train the trunk too (default: frozen, its states cached).")] = False,
     loss: Annotated[str, typer.Option(help="bce (with per-tag pos_weight) | focal.")] = "bce",
     seed: Annotated[int, typer.Option(help="Random seed; same seed, same tagger.")] = 0,
     batch_size: Annotated[int, typer.Option(min=1, help="Products per step.")] = 32,
     lr: Annotated[float, typer.Option(min=0.0, help="Learning rate of the head.")] = 1e-3,
-    patience: Annotated[int, typer.Option(min=1, help="Epochs without a better validation F1@3 before stopping.")] = 10,
+    patience: Annotated[int, typer.Option(min=1, help="Epochs without a better validation score before stopping.")] = 10,
+    select_on: Annotated[str, typer.Option(help="Validation metric that picks the epoch: map (every tag's ranking) | f1@3.")] = "map",
     max_views: Annotated[int, typer.Option(min=1, help="Image views per product (one trunk pass each).")] = 1,
     min_tag_count: Annotated[int, typer.Option(min=1, help="Tags on fewer training products are not predicted.")] = 2,
     trunk_passes: Annotated[str, typer.Option(help="joint (one title+image pass) | separate (text and image passes; "
@@ -57,7 +58,7 @@ def train(
         raise ValueError(f"--loss must be bce or focal, not {loss!r}")
     cfg = TagTrainConfig(catalog=catalog, features=features, checkpoint=checkpoint, out=out, max_minutes=max_minutes,
                          epochs=epochs, fine_tune_trunk=fine_tune_trunk, loss=loss, seed=seed, batch_size=batch_size, lr=lr,
-                         patience=patience, device=device,
+                         patience=patience, select_on=select_on, device=device,
                          head={"max_views": max_views, "min_tag_count": min_tag_count, "trunk_passes": trunk_passes})
     typer.echo(train_tagger(cfg, echo=typer.echo).line())
 
@@ -93,7 +94,7 @@ def evaluate(
     json_out: Annotated[Path | None, typer.Option("--json", help="Write metrics JSON (+ a .md table beside it).")] = None,
     baselines: Annotated[bool, typer.Option(help="Also train and score the most-frequent and late-fusion baselines "
                                                  "on the tagger's training catalog.")] = True,
-    ablations: Annotated[bool, typer.Option("--ablations", help="Also retrain the full model and its three ablations "
+    ablations: Annotated[bool, typer.Option("--ablations", help="Also retrain the full model and its ablations "
                                                                 "with the tagger's recorded data, seed and budget.")] = False,
     seeds: Annotated[int, typer.Option(min=1, help="Train every ablation variant with this many seeds and report "
                                                    "mean F1@3 ± its standard deviation.")] = 1,

@@ -34,7 +34,7 @@ from fashionbert.tagging import (
 from fashionbert.tagging.baselines import LateFusionLinear
 from fashionbert.tagging.model import signed_sqrt
 from fashionbert.tagging.tagger import collate_states, encode_states, split_states
-from fashionbert.tagging.training import tag_loss, training_split
+from fashionbert.tagging.training import TrainOptions, tag_loss, training_split
 from pipelines.tags import TagTrainConfig, evaluate_tagger, load_tag_data, run_ablations, train_tagger
 from pipelines.cli import app
 from tests.tagging_fixtures import TagData, one_torch_thread, tag_data  # noqa: F401 - fixture
@@ -142,16 +142,39 @@ def test_ablation_flags_remove_their_part():
     assert any(n.startswith("high_attention.") for n in full)
     no_low = names(use_low_level_attention=False)
     assert not any("low_attention" in n for n in no_low) and "fusion.proj_image.weight" in no_low
-    concat = names(use_bilinear=False)
+    concat = names(fusion="concat")
     assert not any("proj_image" in n or "proj_text" in n for n in concat) and "fusion.linear.weight" in concat
     no_high = names(use_high_level_attention=False)
     assert not any("high_attention" in n for n in no_high)
-    for changes in ({"use_low_level_attention": False}, {"use_bilinear": False}, {"use_high_level_attention": False}):
+    for changes in ({"use_low_level_attention": False}, {"fusion": "concat"}, {"fusion": "concat_mlp"},
+                    {"use_high_level_attention": False}):
         head = TaggerHead(_config(**changes)).eval()
         out = head(_inputs())
         assert out.shape == (3, 7) and torch.isfinite(out).all()
     g, _ = TaggerHead(_config(use_low_level_attention=False)).fused_groups(_inputs())
     assert g.shape[1] == 2  # one group per view: without attention every glimpse would be the same mean
+
+
+def test_concat_fusion_only_adds_up_the_two_sides_and_its_mlp_form_does_not():
+    torch.manual_seed(0)
+    image, text = torch.randn(4, 16), torch.randn(4, 16)
+    zi, zt = torch.zeros_like(image), torch.zeros_like(text)
+
+    def interaction(fusion: torch.nn.Module) -> float:  # f(i, t) - f(i, 0) - f(0, t) + f(0, 0): zero iff additive
+        return float((fusion(image, text) - fusion(image, zt) - fusion(zi, text) + fusion(zi, zt)).abs().max())
+
+    assert interaction(TaggerHead(_config(fusion="concat")).eval().fusion) < 1e-5
+    assert interaction(TaggerHead(_config(fusion="concat_mlp")).eval().fusion) > 1e-2
+    assert interaction(TaggerHead(_config()).eval().fusion) > 1e-2  # MFB multiplies
+
+
+def test_config_reads_taggers_saved_with_use_bilinear_and_refuses_unknown_fusions():
+    assert TaggerConfig.from_dict({"use_bilinear": True}).fusion == "mfb"
+    assert TaggerConfig.from_dict({"use_bilinear": False}).fusion == "concat_mlp"  # what False built before
+    with pytest.raises(ValueError, match="fusion"):
+        TaggerConfig(fusion="sum")
+    with pytest.raises(ValueError, match="select_on"):
+        TrainOptions(select_on="loss")
 
 
 def test_focal_loss_down_weights_easy_examples():
@@ -269,6 +292,22 @@ def test_training_beats_the_most_frequent_baseline_on_held_out_f1_at_3(trained: 
     assert {"model.p@1", "model.r@3", "model.hit@5", "late_fusion.f1@3", "joint_probe.f1@3", "most_frequent.p@5"} <= set(metrics)
 
 
+def _first_best(history: list[dict], metric: str) -> int:
+    scores = [h["val"][metric] for h in history]
+    return history[scores.index(max(scores))]["epoch"]
+
+
+def test_the_kept_epoch_is_the_best_on_the_chosen_validation_metric(trained: Path, tag_data: TagData, tmp_path):  # noqa: F811
+    info = Tagger.from_pretrained(trained).info
+    assert info["train"]["select_on"] == "map" and len(info["history"]) == FAST["epochs"]
+    assert info["best_epoch"] == _first_best(info["history"], "map")
+    train_tagger(TagTrainConfig(tag_data.train_catalog, tag_data.train_features, tag_data.checkpoint, tmp_path / "f1",
+                                head=SMALL_HEAD, **{**FAST, "epochs": 6, "select_on": "f1@3"}), echo=lambda _: None)
+    info = Tagger.from_pretrained(tmp_path / "f1").info
+    assert info["best_epoch"] == _first_best(info["history"], "f1@3")
+    assert info["best_val"] == info["history"][info["best_epoch"] - 1]["val"]
+
+
 def test_missing_image_or_title_still_yield_tags(trained: Path, tag_data: TagData):  # noqa: F811
     tagger = Tagger.from_pretrained(trained)
     data, _ = load_tag_data(tag_data.test_catalog, tag_data.test_features, 1)
@@ -326,7 +365,7 @@ def test_ablations_train_every_variant_on_the_same_data(tag_data: TagData, tmp_p
                          **{**FAST, "epochs": 2})
     table = run_ablations(cfg, tag_data.test_catalog, tag_data.test_features, json_out=tmp_path / "abl.json",
                           echo=lambda _: None)
-    assert list(table) == ["full", "no_low_level_attention", "concat_fusion", "no_high_level_attention"]
+    assert list(table) == ["full", "no_low_level_attention", "concat_fusion", "concat_mlp_fusion", "no_high_level_attention"]
     params = {name: m["parameters"] for name, m in table.items()}
     assert all(params[name] < params["full"] for name in table if name != "full")
     assert all(0 <= m["f1@3"] <= 1 and m["epochs"] == 2 for m in table.values())

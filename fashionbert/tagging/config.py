@@ -15,6 +15,10 @@ from typing import Any
 
 CONFIG_FILE = "tagger_config.json"
 LOSSES = ("bce", "focal")
+# "mfb": the bilinear fusion; "concat": [image; text] -> linear, the ablation (additive: the attended image
+# and text vectors can only add up); "concat_mlp": the same with a ReLU, a one-hidden-layer MLP that can
+# learn interactions too (the ablation's form before stop 17; reported beside it, docs/design.md item 44).
+FUSIONS = ("mfb", "concat", "concat_mlp")
 
 
 @dataclass
@@ -33,7 +37,7 @@ class TaggerConfig:
     glimpses: int = 2  # attention maps per modality in the low-level co-attention
     dropout: float = 0.1
     use_low_level_attention: bool = True  # False: masked means of tokens and patches
-    use_bilinear: bool = True  # False: concatenation + linear (+ReLU) instead of MFB
+    fusion: str = "mfb"  # one of FUSIONS
     use_high_level_attention: bool = True  # False: mean over the fused groups
     freeze_trunk: bool = True
     min_tag_count: int = 2  # tags seen fewer times in the training catalog are not predicted
@@ -49,6 +53,8 @@ class TaggerConfig:
                 raise ValueError(f"TaggerConfig.{name} must be >= 1, got {getattr(self, name)}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"TaggerConfig.dropout must be in [0, 1), got {self.dropout}")
+        if self.fusion not in FUSIONS:
+            raise ValueError(f"TaggerConfig.fusion must be one of {', '.join(FUSIONS)}, got {self.fusion!r}")
         if self.trunk_passes not in ("joint", "separate"):
             raise ValueError(f"TaggerConfig.trunk_passes must be 'joint' or 'separate', got {self.trunk_passes!r}")
         if self.min_tag_count < 1:
@@ -64,6 +70,9 @@ class TaggerConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TaggerConfig:
+        data = dict(data)
+        if "use_bilinear" in data:  # taggers saved before stop 17: False meant concatenation + linear + ReLU
+            data.setdefault("fusion", "mfb" if data.pop("use_bilinear") else "concat_mlp")
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:

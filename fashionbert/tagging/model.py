@@ -96,15 +96,19 @@ class MFB(nn.Module):
 
 
 class ConcatFusion(nn.Module):
-    """The ablation of MFB: [image; text] -> linear -> ReLU (additive, no multiplicative interaction)."""
+    """The ablation of MFB: [image; text] -> linear, so the fused vector is a sum of an image term and a
+    text term (no interaction). ``hidden_relu`` adds a ReLU: then it is a one-hidden-layer MLP, which can
+    learn interactions by another route than the bilinear product (reported as its own row)."""
 
-    def __init__(self, image_dim: int, text_dim: int, o: int, dropout: float = 0.1):
+    def __init__(self, image_dim: int, text_dim: int, o: int, dropout: float = 0.1, hidden_relu: bool = False):
         super().__init__()
         self.linear = nn.Linear(image_dim + text_dim, o)
         self.dropout = nn.Dropout(dropout)
+        self.hidden_relu = hidden_relu
 
     def forward(self, image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-        return torch.relu(self.linear(self.dropout(torch.cat([image, text], dim=-1))))
+        fused = self.linear(self.dropout(torch.cat([image, text], dim=-1)))
+        return torch.relu(fused) if self.hidden_relu else fused
 
 
 class GuidedAttention(nn.Module):
@@ -164,17 +168,17 @@ class TaggerHead(nn.Module):
         h = config.hidden_size
         if config.use_low_level_attention:
             self.low_attention = CoAttention(h, config.attention_dim, config.glimpses)
-        if config.use_bilinear:
+        if config.fusion == "mfb":
             self.fusion: nn.Module = MFB(h, h, config.mfb_k, config.mfb_o, config.dropout)
         else:
-            self.fusion = ConcatFusion(h, h, config.mfb_o, config.dropout)
+            self.fusion = ConcatFusion(h, h, config.mfb_o, config.dropout, hidden_relu=config.fusion == "concat_mlp")
         if config.use_high_level_attention:
             self.high_attention = GroupAttention(config.mfb_o, config.attention_dim)
         self.dropout = nn.Dropout(config.dropout)
         # MFB's output is a unit vector (components ~ 1/sqrt(o)): scaled by sqrt(o) the classifier sees
-        # unit-variance inputs, as after the ReLU of the concatenation; otherwise its weights must grow
+        # unit-variance inputs, as after the concatenation's linear layer; otherwise its weights must grow
         # ~sqrt(o)-fold before any logit is confident, which small catalogs never give them the steps for.
-        self.fused_scale = math.sqrt(config.mfb_o) if config.use_bilinear else 1.0
+        self.fused_scale = math.sqrt(config.mfb_o) if config.fusion == "mfb" else 1.0
         self.classifier = nn.Linear(config.mfb_o, config.num_tags)
 
     def fused_groups(self, x: HeadInputs) -> tuple[torch.Tensor, torch.Tensor]:
