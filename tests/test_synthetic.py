@@ -245,7 +245,7 @@ def test_every_title_opens_with_the_season_drawn_without_moving_attributes_or_pi
         assert set(trend_tags(attrs)) <= set(row["tags"])
     # The season has its own stream: the attribute stream draws what it drew before seasons existed.
     rngs, subs = product_rngs(0, "train", 5), eligible_sub_categories("train")
-    assert len(rngs) == 4 and sample_attributes(rngs[0], "train", subs) == sample_attributes(
+    assert len(rngs) == 5 and sample_attributes(rngs[0], "train", subs) == sample_attributes(
         np.random.default_rng([0, 0, 5, 0]), "train", subs)
 
 
@@ -323,6 +323,31 @@ def test_views_vary(catalog: tuple[SynthResult, pa.Table]) -> None:
     for i in range(4):
         for j in range(i + 1, 4):
             assert np.abs(views[i] - views[j]).mean() > 3
+
+
+def _background_share(view: np.ndarray, background: np.ndarray) -> float:
+    """Share of pixels of the (flat) background colour."""
+    return float((np.abs(view - background).sum(-1) < 12).mean())
+
+
+def test_close_ups_come_after_the_front_shot_and_leave_whole_garment_views_unchanged() -> None:
+    attrs = {"category": "dresses", "sub_category": "a-line dress", "colour": "red", "pattern": "solid",
+             "sleeve": "short", "neckline": "v-neck", "length": "midi"}  # solid: no stripe mistaken for background
+    close_ups = 0
+    for seed in range(12):
+        plain = [np.asarray(v, dtype=np.int16) for v in render_views(attrs, np.random.default_rng(seed), 4)]
+        mixed = [np.asarray(v, dtype=np.int16) for v in
+                 render_views(attrs, np.random.default_rng(seed), 4, detail_rng=np.random.default_rng(100 + seed))]
+        assert np.array_equal(plain[0], mixed[0])  # the front shot is never a close-up
+        for a, b in zip(plain[1:], mixed[1:]):
+            if np.array_equal(a, b):
+                continue
+            close_ups += 1
+            # a close-up is filled by the garment: almost no background, where the whole garment leaves plenty
+            bg = a[0, 0]  # the close-up replaces this view and keeps its background colour
+            assert _background_share(b, bg) < 0.5 * _background_share(a, bg), (seed, _background_share(a, bg),
+                                                                                 _background_share(b, bg))
+    assert 0.2 * 36 <= close_ups <= 0.6 * 36  # DETAIL_SHARE = 0.4 of the 3 later views
 
 
 def test_category_filters(tmp_path: Path) -> None:

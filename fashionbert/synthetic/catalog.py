@@ -67,12 +67,13 @@ class SynthResult:
 
 
 def product_rngs(seed: int, split: str, index: int) -> tuple[np.random.Generator, ...]:
-    """Independent streams for attributes, text, pixels and the collection season.
+    """Independent streams for attributes, text, pixels, the collection season and the close-ups.
 
-    Separate streams so a text change never moves an image, and the season (added later) moved
-    no attribute and no pixel of an existing product.
+    Separate streams so a text change never moves an image, the season (added later) moved
+    no attribute and no pixel of an existing product, and the close-up views (added after it)
+    moved no whole-garment view.
     """
-    return tuple(np.random.default_rng([seed, SPLIT_CODE[split], index, s]) for s in range(4))
+    return tuple(np.random.default_rng([seed, SPLIT_CODE[split], index, s]) for s in range(5))
 
 
 def price_of(sub_category: str, rng: np.random.Generator) -> float:
@@ -84,8 +85,9 @@ def price_of(sub_category: str, rng: np.random.Generator) -> float:
 
 
 def make_product(index: int, seed: int, split: str, subs: Sequence[str], out_dir: Path, id_prefix: str | None = None) -> dict[str, Any]:
-    """One product row; its 2-4 views are written to `out_dir/images/`."""
-    r_attr, r_text, r_img, r_season = product_rngs(seed, split, index)
+    """One product row; its 2-4 views (a front shot first, then varied shots and close-ups) are written
+    to `out_dir/images/`."""
+    r_attr, r_text, r_img, r_season, r_detail = product_rngs(seed, split, index)
     attrs = sample_attributes(r_attr, split, subs)
     season = draw_season(r_season)
     listing = {**attrs, "season": season}  # the season is a fact of the listing, not a visual attribute
@@ -112,7 +114,7 @@ def make_product(index: int, seed: int, split: str, subs: Sequence[str], out_dir
         "attributes": sorted(listing.items()),
         "title_attributes": sorted(keys_zh if lang == "zh" else keys_en),
     }
-    for v, img in enumerate(render_views(attrs, r_img, int(r_img.integers(2, 5)))):
+    for v, img in enumerate(render_views(attrs, r_img, int(r_img.integers(2, 5)), detail_rng=r_detail)):
         rel = f"images/{pid}_{v}.jpg"
         img.save(out_dir / rel, "JPEG", quality=JPEG_QUALITY)
         row["images"].append(rel)

@@ -1,4 +1,5 @@
-"""Procedural product photos: a garment is drawn once, then photographed 2-4 times.
+"""Procedural product photos: a garment is drawn once, then photographed 2-4 times (the first a
+front shot, later ones varied shots or fabric close-ups).
 
 Why this shape: retrieval is scored against the attributes, so each attribute
 value must change the pixels in a way a CNN can see (colour fills most of the
@@ -392,8 +393,43 @@ def _affine(c: tuple[float, float], scale: float, angle_deg: float, dx: float, d
     return (m[0, 0], m[0, 1], off[0], m[1, 0], m[1, 1], off[1])
 
 
-def render_views(attrs: Mapping[str, str], rng: np.random.Generator, n_views: int) -> list[Image.Image]:
-    """`n_views` 256x256 RGB photos of one product: varied background, scale, tilt, offset, shadow."""
+DETAIL_SHARE = 0.4  # chance that a view after the first is a fabric close-up (with a `detail_rng`)
+DETAIL_ZOOM = (2.4, 3.2)  # close-up magnification over the whole-garment shot
+
+
+def _detail_shot(layer: Image.Image, alpha: np.ndarray, fit: float, bg: tuple[int, ...],
+                 rng: np.random.Generator) -> Image.Image:
+    """A fabric close-up: the garment magnified ~3x around a point well inside it.
+
+    Shop photo sets mix whole-garment shots with such details. A close-up shows the colour,
+    pattern and print up close but not the outline, so the cut, sleeves and length cannot be
+    read off it: a model reading all of a product's photos has to weigh them, not average them.
+    """
+    ys, xs = np.nonzero(alpha > 0)
+    if len(xs) == 0:
+        centre = (S / 2, S / 2)
+    else:  # a garment pixel inside the central half of the silhouette's extent
+        x0, x1, y0, y1 = np.percentile(xs, 25), np.percentile(xs, 75), np.percentile(ys, 25), np.percentile(ys, 75)
+        inner = (xs >= x0) & (xs <= x1) & (ys >= y0) & (ys <= y1)
+        i = int(rng.choice(np.flatnonzero(inner))) if inner.any() else int(rng.integers(len(xs)))
+        centre = (float(xs[i]), float(ys[i]))
+    scale = fit * rng.uniform(*DETAIL_ZOOM)
+    canvas = Image.new("RGB", (S, S), tuple(bg))
+    g_img = layer.transform((S, S), Image.Transform.AFFINE, _affine(centre, scale, rng.uniform(-6, 6), 0.0, 0.0, False),
+                            resample=Image.Resampling.BILINEAR)
+    canvas.paste(g_img, (0, 0), g_img)
+    return canvas
+
+
+def render_views(attrs: Mapping[str, str], rng: np.random.Generator, n_views: int,
+                 detail_rng: np.random.Generator | None = None) -> list[Image.Image]:
+    """`n_views` 256x256 RGB photos of one product: varied background, scale, tilt, offset, shadow.
+
+    With ``detail_rng``, each view after the first is a fabric close-up with probability
+    ``DETAIL_SHARE`` (:func:`_detail_shot`). The close-ups draw only from ``detail_rng`` and
+    every whole-garment view still draws what it drew before, so a view that stays a
+    whole-garment shot has the same pixels with or without close-ups.
+    """
     layer = render_garment(attrs, rng)
     alpha = layer.getchannel("A")
     shadow = alpha.filter(ImageFilter.BoxBlur(5)).point(lambda v: v * 0.32)
@@ -401,6 +437,7 @@ def render_views(attrs: Mapping[str, str], rng: np.random.Generator, n_views: in
     x0, y0, x1, y1 = alpha.getbbox() or (0, 0, S, S)
     centre = ((x0 + x1) / 2, (y0 + y1) / 2)
     fit = min(1.5, 230 / max(x1 - x0, y1 - y0))  # small items (shorts, minis) fill the frame too
+    alpha_px = np.asarray(alpha) if detail_rng is not None else np.zeros((0, 0), np.uint8)
     views = []
     for v in range(n_views):
         g = int(rng.integers(214, 244))
@@ -425,5 +462,7 @@ def render_views(attrs: Mapping[str, str], rng: np.random.Generator, n_views: in
         g_img = layer.transform((S, S), Image.Transform.AFFINE, _affine(centre, scale, ang, dx, dy, flip),
                                 resample=resample)
         canvas.paste(g_img, (0, 0), g_img)
+        if v > 0 and detail_rng is not None and detail_rng.random() < DETAIL_SHARE:
+            canvas = _detail_shot(layer, alpha_px, fit, bg, detail_rng)
         views.append(canvas)
     return views
