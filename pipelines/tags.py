@@ -55,6 +55,7 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     "concat_mlp_fusion": {"fusion": "concat_mlp"},
     "no_high_level_attention": {"use_high_level_attention": False},
 }
+SPREAD_METRICS = ("f1@3", "map")  # reported with their standard deviation over seeds
 
 
 # ---------------------------------------------------------------------------- data
@@ -92,8 +93,9 @@ def _prefixed(prefix: str, metrics: dict[str, float]) -> dict[str, float]:
 
 
 def metrics_table(metrics: dict[str, float]) -> str:
-    """The Markdown table of an evaluation, with the F1@3 spread column when ablations ran over seeds."""
-    return markdown_table(metrics, TABLE_COLUMNS + (("f1@3_sd",) if any(k.endswith(".f1@3_sd") for k in metrics) else ()))
+    """The Markdown table of an evaluation, with the spread columns when ablations ran over seeds."""
+    spread = tuple(f"{k}_sd" for k in SPREAD_METRICS if any(key.endswith(f".{k}_sd") for key in metrics))
+    return markdown_table(metrics, TABLE_COLUMNS + spread)
 
 
 def write_tag_report(metrics: dict[str, float], json_out: Path, extra: dict[str, Any]) -> tuple[Path, Path]:
@@ -289,7 +291,8 @@ def run_ablations(cfg: TagTrainConfig, heldout_catalog: Path, heldout_features: 
     """Train the full tagger and each ablation with the same data, seed and budget; their held-out metrics.
 
     ``seeds`` > 1 trains every variant with seeds ``cfg.seed .. cfg.seed + seeds - 1`` (each seed also
-    draws its own validation split) and reports the mean of each metric with F1@3's standard deviation.
+    draws its own validation split) and reports the mean of each metric with the standard deviation of
+    F1@3 and mAP.
 
     With a frozen trunk the states of every (product, modality variant) are computed once, before
     any run, and shared: every variant's ``max_minutes`` is then spent on training alone.
@@ -326,9 +329,10 @@ def run_ablations(cfg: TagTrainConfig, heldout_catalog: Path, heldout_features: 
                 result.tagger.save_pretrained(Path(out_dir) / name, {"train": cfg.record(), "ablation": name})
         table[name] = {k: float(np.mean([r[k] for r in runs])) for k in runs[0]}
         if seeds > 1:  # differences between the variants are only worth reading beside their spread
-            table[name] |= {"f1@3_sd": float(np.std([r["f1@3"] for r in runs], ddof=1)), "seeds": float(seeds)}
-            echo(f"tags ablations: {name}: mean F1@3 {table[name]['f1@3']:.4f} ± {table[name]['f1@3_sd']:.4f} "
-                 f"over {seeds} seeds")
+            table[name] |= {f"{k}_sd": float(np.std([r[k] for r in runs], ddof=1)) for k in SPREAD_METRICS}
+            table[name]["seeds"] = float(seeds)
+            echo(f"tags ablations: {name}: mean F1@3 {table[name]['f1@3']:.4f} ± {table[name]['f1@3_sd']:.4f}, "
+                 f"mAP {table[name]['map']:.4f} ± {table[name]['map_sd']:.4f} over {seeds} seeds")
     if json_out is not None:
         flat = {f"{name}.{k}": v for name, values in table.items() for k, v in values.items()}
         write_tag_report(flat, json_out, {"catalog": str(cfg.catalog), "heldout": str(heldout_catalog), "seed": cfg.seed,

@@ -97,7 +97,7 @@ def evaluate(
     ablations: Annotated[bool, typer.Option("--ablations", help="Also retrain the full model and its ablations "
                                                                 "with the tagger's recorded data, seed and budget.")] = False,
     seeds: Annotated[int, typer.Option(min=1, help="Train every ablation variant with this many seeds and report "
-                                                   "mean F1@3 ± its standard deviation.")] = 1,
+                                                   "the means, with the standard deviation of F1@3 and mAP.")] = 1,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
 ) -> None:
     """Evaluate a tagger on a held-out catalog: P/R/F1/hit@1,3,5 beside the baselines (and ablations).

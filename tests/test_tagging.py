@@ -385,7 +385,8 @@ def test_ablations_over_seeds_report_the_mean_and_the_spread(tag_data: TagData, 
         assert len(per_seed[name]) == 2 and values["seeds"] == 2
         assert values["f1@3"] == pytest.approx(np.mean(per_seed[name]), abs=1e-4)
         assert values["f1@3_sd"] == pytest.approx(np.std(per_seed[name], ddof=1), abs=1e-4)
-    assert "| f1@3_sd |" in (tmp_path / "abl.md").read_text()  # the spread column
+        assert values["map_sd"] >= 0
+    assert "| f1@3_sd | map_sd |" in (tmp_path / "abl.md").read_text()  # the spread columns
 
 
 def test_baselines_are_fitted_on_the_taggers_own_training_rows(trained: Path, tag_data: TagData, monkeypatch):  # noqa: F811
