@@ -397,7 +397,7 @@ DETAIL_SHARE = 0.4  # chance that a view after the first is a fabric close-up (w
 DETAIL_ZOOM = (2.4, 3.2)  # close-up magnification over the whole-garment shot
 
 
-def _detail_shot(layer: Image.Image, alpha: np.ndarray, fit: float, bg: tuple[int, ...],
+def _detail_shot(layer: Image.Image, alpha: Image.Image, fit: float, bg: tuple[int, ...],
                  rng: np.random.Generator) -> Image.Image:
     """A fabric close-up: the garment magnified ~3x around a point well inside it.
 
@@ -405,7 +405,7 @@ def _detail_shot(layer: Image.Image, alpha: np.ndarray, fit: float, bg: tuple[in
     pattern and print up close but not the outline, so the cut, sleeves and length cannot be
     read off it: a model reading all of a product's photos has to weigh them, not average them.
     """
-    ys, xs = np.nonzero(alpha > 0)
+    ys, xs = np.nonzero(np.asarray(alpha) > 0)
     if len(xs) == 0:
         centre = (S / 2, S / 2)
     else:  # a garment pixel inside the central half of the silhouette's extent
@@ -437,7 +437,6 @@ def render_views(attrs: Mapping[str, str], rng: np.random.Generator, n_views: in
     x0, y0, x1, y1 = alpha.getbbox() or (0, 0, S, S)
     centre = ((x0 + x1) / 2, (y0 + y1) / 2)
     fit = min(1.5, 230 / max(x1 - x0, y1 - y0))  # small items (shorts, minis) fill the frame too
-    alpha_px = np.asarray(alpha) if detail_rng is not None else np.zeros((0, 0), np.uint8)
     views = []
     for v in range(n_views):
         g = int(rng.integers(214, 244))
@@ -450,9 +449,14 @@ def render_views(attrs: Mapping[str, str], rng: np.random.Generator, n_views: in
             dx, dy = rng.uniform(-16, 16, size=2)
             flip = flip_ok and rng.random() < 0.3
         scale *= fit
+        shadow_offset = (rng.uniform(2, 7), rng.uniform(3, 9)) if rng.random() < 0.6 else None
+        if v > 0 and detail_rng is not None and detail_rng.random() < DETAIL_SHARE:
+            # drawn after this view's whole-garment draws, so the later views keep their pixels
+            views.append(_detail_shot(layer, alpha, fit, bg, detail_rng))
+            continue
         canvas = Image.new("RGB", (S, S), bg)
-        if rng.random() < 0.6:
-            sdx, sdy = rng.uniform(2, 7), rng.uniform(3, 9)
+        if shadow_offset is not None:
+            sdx, sdy = shadow_offset
             sh = shadow.transform((S, S), Image.Transform.AFFINE, _affine(centre, scale, ang, dx + sdx, dy + sdy, flip),
                                   resample=Image.Resampling.NEAREST)  # blurred already
             canvas.paste((int(bg[0] * 0.55), int(bg[1] * 0.55), int(bg[2] * 0.55)), (0, 0, S, S), sh)
@@ -462,7 +466,5 @@ def render_views(attrs: Mapping[str, str], rng: np.random.Generator, n_views: in
         g_img = layer.transform((S, S), Image.Transform.AFFINE, _affine(centre, scale, ang, dx, dy, flip),
                                 resample=resample)
         canvas.paste(g_img, (0, 0), g_img)
-        if v > 0 and detail_rng is not None and detail_rng.random() < DETAIL_SHARE:
-            canvas = _detail_shot(layer, alpha_px, fit, bg, detail_rng)
         views.append(canvas)
     return views
