@@ -123,7 +123,7 @@ class TagTrainConfig:
     seed: int = 0
     batch_size: int = 32
     lr: float = 1e-3
-    patience: int = 10  # validation F1@3 on ~200 products is noisy: 4 stopped runs whose best epoch was still ahead
+    patience: int = 10  # validation scores on ~200 products are noisy: 4 stopped runs whose best epoch was still ahead
     select_on: str = "map"  # validation metric that picks the epoch (TrainOptions.select_on)
     val_fraction: float = 0.1
     modality_dropout: float = 0.3

@@ -176,6 +176,8 @@ def test_config_reads_taggers_saved_with_use_bilinear_and_refuses_unknown_fusion
         TaggerConfig(fusion="sum")
     with pytest.raises(ValueError, match="select_on"):
         TrainOptions(select_on="loss")
+    recorded = {"catalog": "c.parquet", "features": "f", "checkpoint": "ckpt"}  # a record from before select_on
+    assert TagTrainConfig.from_record(recorded).select_on == "f1@3" and TagTrainConfig(**recorded).select_on == "map"
 
 
 def test_focal_loss_down_weights_easy_examples():
