@@ -43,6 +43,7 @@ from indexer.catalog import read_catalog
 from indexer.embeddings import checkpoint_sha256
 from indexer.feature_store import FeatureStore
 from indexer.features import resolve_device
+from pipelines.tag_views import VIEW_WEIGHT_COLUMNS, read_view_kinds, stray_positions, stray_view_weight, subset_metrics
 
 Echo = Callable[[str], None]
 # concat_mlp_fusion is not an ablation of a part but a second reading of "concatenation instead": with a
@@ -94,8 +95,9 @@ def _prefixed(prefix: str, metrics: dict[str, float]) -> dict[str, float]:
 
 def metrics_table(metrics: dict[str, float]) -> str:
     """The Markdown table of an evaluation, with the spread columns when ablations ran over seeds."""
-    spread = tuple(f"{k}_sd" for k in SPREAD_METRICS if any(key.endswith(f".{k}_sd") for key in metrics))
-    return markdown_table(metrics, TABLE_COLUMNS + spread)
+    extra = tuple(name for name in (*(f"{k}_sd" for k in SPREAD_METRICS), *VIEW_WEIGHT_COLUMNS)
+                  if any(key.endswith(f".{name}") for key in metrics))
+    return markdown_table(metrics, TABLE_COLUMNS + extra)
 
 
 def write_tag_report(metrics: dict[str, float], json_out: Path, extra: dict[str, Any]) -> tuple[Path, Path]:
@@ -253,12 +255,17 @@ def evaluate_tagger(tagger_dir: Path, catalog: Path, features: Path, json_out: P
     """P/R/F1/hit@1,3,5 of the tagger on a held-out catalog, beside the baselines (and the ablations)."""
     t0 = time.perf_counter()
     tagger = Tagger.from_pretrained(tagger_dir, device=resolve_device(device))
-    held, _ = load_tag_data(catalog, features, tagger.config.max_views, feature_dim=tagger.feature_dim)
+    held, held_store = load_tag_data(catalog, features, tagger.config.max_views, feature_dim=tagger.feature_dim)
     rows = tagged_rows(held, catalog)
     truth = [held.tags[i] for i in rows]
-    echo(f"tags eval: {len(rows)} held-out products with tags, tagger {tagger.name} ({tagger.version})")
-    metrics = _prefixed("model", score_metrics(scores_of(tagger, held, rows, None, batch_size), tagger.vocabulary.tags, truth,
-                                               per_tag=True))
+    kinds = read_view_kinds(catalog, held, held_store, tagger.config.max_views)
+    strays = stray_positions(rows, kinds)
+    echo(f"tags eval: {len(rows)} held-out products with tags ({len(strays)} with a stray photo among the views read), "
+         f"tagger {tagger.name} ({tagger.version})")
+    scores = scores_of(tagger, held, rows, None, batch_size)
+    metrics = _prefixed("model", score_metrics(scores, tagger.vocabulary.tags, truth, per_tag=True)
+                        | subset_metrics(scores, tagger.vocabulary.tags, truth, strays)
+                        | stray_view_weight(tagger, held, rows, kinds, batch_size=batch_size))
     train_cfg = _recorded_training(tagger, Path(tagger_dir)) if baselines or ablations else None
     if baselines and train_cfg is not None:
         train, _ = load_tag_data(train_cfg.catalog, train_cfg.features, tagger.config.max_views,
@@ -274,7 +281,9 @@ def evaluate_tagger(tagger_dir: Path, catalog: Path, features: Path, json_out: P
             x_held = pooled_features(tagger.trunk, held, rows, tagger.config.max_views, batch_size, passes)
             linear = LateFusionLinear.fit(x_train, y, pos_weight=pos_weights(y, TrainOptions().max_pos_weight),
                                           seed=train_cfg.seed)
-            metrics |= _prefixed(name, score_metrics(linear.scores(x_held), tagger.vocabulary.tags, truth, per_tag=True))
+            held_scores = linear.scores(x_held)
+            metrics |= _prefixed(name, score_metrics(held_scores, tagger.vocabulary.tags, truth, per_tag=True)
+                                 | subset_metrics(held_scores, tagger.vocabulary.tags, truth, strays))
     if ablations and train_cfg is not None:
         for name, values in run_ablations(train_cfg, catalog, features, seeds=seeds, echo=echo).items():
             metrics |= _prefixed(f"ablation.{name}", values)
@@ -301,9 +310,12 @@ def run_ablations(cfg: TagTrainConfig, heldout_catalog: Path, heldout_features: 
     device = resolve_device(cfg.device)
     trunk = FashionBert.from_pretrained(cfg.checkpoint, device=device)
     train, _ = load_tag_data(cfg.catalog, cfg.features, base.max_views, feature_dim=trunk.config.patch_feature_dim)
-    held, _ = load_tag_data(heldout_catalog, heldout_features, base.max_views, feature_dim=trunk.config.patch_feature_dim)
+    held, held_store = load_tag_data(heldout_catalog, heldout_features, base.max_views,
+                                     feature_dim=trunk.config.patch_feature_dim)
     rows = tagged_rows(held, heldout_catalog)
     truth = [held.tags[i] for i in rows]
+    kinds = read_view_kinds(heldout_catalog, held, held_store, base.max_views)
+    strays = stray_positions(rows, kinds)
     cache = held_cache = None
     if base.freeze_trunk:
         echo("tags ablations: computing the frozen trunk's states once for all runs")
@@ -321,15 +333,22 @@ def run_ablations(cfg: TagTrainConfig, heldout_catalog: Path, heldout_features: 
             result = fit_tagger(run_trunk, train, config, replace(options, seed=seed),
                                 echo=lambda m, n=label: echo(f"[{n}] {m}"), cache=cache)
             scores = scores_of(result.tagger, held, rows, held_cache)
-            runs.append({**score_metrics(scores, result.tagger.vocabulary.tags, truth), "best_epoch": float(result.best_epoch),
+            tags = result.tagger.vocabulary.tags
+            runs.append({**score_metrics(scores, tags, truth), **subset_metrics(scores, tags, truth, strays),
+                         **stray_view_weight(result.tagger, held, rows, kinds, held_cache),
+                         "best_epoch": float(result.best_epoch),
                          "epochs": float(len(result.history)), "seconds": round(result.seconds, 2),
                          "parameters": float(sum(p.numel() for p in result.tagger.head.parameters()))})
-            echo(f"tags ablations: {label}: F1@3 {runs[-1]['f1@3']:.4f} ({len(result.history)} epochs, {result.seconds:.1f} s)")
+            stray = (f", with a stray photo F1@3 {runs[-1]['with_stray.f1@3']:.4f}, stray weight "
+                     f"{runs[-1]['stray_view_weight']:.3f}" if "with_stray.f1@3" in runs[-1] else "")
+            echo(f"tags ablations: {label}: F1@3 {runs[-1]['f1@3']:.4f}{stray} ({len(result.history)} epochs, "
+                 f"{result.seconds:.1f} s)")
             if out_dir is not None and seed == cfg.seed:
                 result.tagger.save_pretrained(Path(out_dir) / name, {"train": cfg.record(), "ablation": name})
         table[name] = {k: float(np.mean([r[k] for r in runs])) for k in runs[0]}
         if seeds > 1:  # differences between the variants are only worth reading beside their spread
-            table[name] |= {f"{k}_sd": float(np.std([r[k] for r in runs], ddof=1)) for k in SPREAD_METRICS}
+            table[name] |= {f"{k}_sd": float(np.std([r[k] for r in runs], ddof=1)) for k in SPREAD_METRICS + tuple(
+                f"with_stray.{m}" for m in SPREAD_METRICS) if k in runs[0]}
             table[name]["seeds"] = float(seeds)
             echo(f"tags ablations: {name}: mean F1@3 {table[name]['f1@3']:.4f} ± {table[name]['f1@3_sd']:.4f}, "
                  f"mAP {table[name]['map']:.4f} ± {table[name]['map_sd']:.4f} over {seeds} seeds")

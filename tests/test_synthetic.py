@@ -29,8 +29,9 @@ from fashionbert.synthetic.attributes import (
     eligible_sub_categories,
     sample_attributes,
 )
-from fashionbert.synthetic.catalog import CATALOG_SCHEMA, product_rngs
-from fashionbert.synthetic.drawing import render_garment, render_views
+from fashionbert.synthetic import catalog as catalog_module
+from fashionbert.synthetic.catalog import CATALOG_SCHEMA, STRAY_SHARE, product_rngs
+from fashionbert.synthetic.drawing import STRAY, VIEW_KINDS, render_garment, render_photo_set, render_views
 from fashionbert.synthetic.seasons import SEASONS, TREND_COLOUR_SEASONS, draw_season, trend_tags
 from fashionbert.synthetic.text import (
     look_tags,
@@ -60,6 +61,7 @@ EXPECTED_SCHEMA = pa.schema(
         ("price", pa.float64()),
         ("attributes", pa.map_(pa.string(), pa.string())),
         ("title_attributes", pa.list_(pa.string())),
+        ("image_kinds", pa.list_(pa.string())),
     ]
 )
 CJK = re.compile(r"[\u4e00-\u9fff]")
@@ -245,7 +247,7 @@ def test_every_title_opens_with_the_season_drawn_without_moving_attributes_or_pi
         assert set(trend_tags(attrs)) <= set(row["tags"])
     # The season has its own stream: the attribute stream draws what it drew before seasons existed.
     rngs, subs = product_rngs(0, "train", 5), eligible_sub_categories("train")
-    assert len(rngs) == 5 and sample_attributes(rngs[0], "train", subs) == sample_attributes(
+    assert len(rngs) == 6 and sample_attributes(rngs[0], "train", subs) == sample_attributes(
         np.random.default_rng([0, 0, 5, 0]), "train", subs)
 
 
@@ -348,6 +350,48 @@ def test_close_ups_come_after_the_front_shot_and_leave_whole_garment_views_uncha
             assert _background_share(b, bg) < 0.5 * _background_share(a, bg), (seed, _background_share(a, bg),
                                                                                  _background_share(b, bg))
     assert 0.2 * 36 <= close_ups <= 0.6 * 36  # DETAIL_SHARE = 0.4 of the 3 later views
+
+
+def test_render_photo_set_names_each_view() -> None:
+    attrs = {"category": "dresses", "sub_category": "a-line dress", "colour": "red", "pattern": "solid",
+             "sleeve": "short", "neckline": "v-neck", "length": "midi"}
+    photos = render_photo_set(attrs, np.random.default_rng(1), 4, detail_rng=np.random.default_rng(2))
+    plain = render_views(attrs, np.random.default_rng(1), 4)
+    assert photos.kinds[0] == "front" and len(photos.kinds) == len(photos.images) == 4
+    for kind, mixed, whole in zip(photos.kinds, photos.images, plain):
+        assert kind in VIEW_KINDS and (kind == "close-up") != np.array_equal(np.asarray(mixed), np.asarray(whole))
+
+
+def _garment_colour(photo: Image.Image) -> str:
+    """The palette colour nearest the mean of the pixels that stand out from the photo's border."""
+    im = np.asarray(photo.convert("RGB")).astype(np.float64)
+    bg = np.median(np.concatenate([im[:4].reshape(-1, 3), im[-4:].reshape(-1, 3)]), axis=0)
+    return nearest_colour(im[np.abs(im - bg).max(axis=2) > 45].mean(axis=0))
+
+
+def test_stray_photos_show_another_product_and_move_no_other_photo(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    with_strays = generate_catalog(tmp_path / "s", 80, seed=4, workers=1, progress=False)
+    monkeypatch.setattr(catalog_module, "STRAY_SHARE", 0.0)
+    without = generate_catalog(tmp_path / "n", 80, seed=4, workers=1, progress=False)
+    rows_s, rows_n = pq.read_table(with_strays.catalog_path).to_pylist(), pq.read_table(without.catalog_path).to_pylist()
+    strays = checked = colour_moved = 0
+    for a, b in zip(rows_s, rows_n):
+        assert {k: v for k, v in a.items() if k != "image_kinds"} == {k: v for k, v in b.items() if k != "image_kinds"}
+        assert len(a["image_kinds"]) == len(a["images"]) and a["image_kinds"][0] == "front"
+        assert STRAY not in b["image_kinds"] and a["image_kinds"].count(STRAY) <= 1
+        for rel, kind_s, kind_n in zip(a["images"], a["image_kinds"], b["image_kinds"]):
+            same = (tmp_path / "s" / rel).read_bytes() == (tmp_path / "n" / rel).read_bytes()
+            assert same == (kind_s == kind_n), (rel, kind_s, kind_n)  # only the stray slot changed
+            if kind_s == STRAY:
+                strays += 1
+                attrs = dict(a["attributes"])
+                front = Image.open(tmp_path / "s" / a["images"][0])
+                if attrs["pattern"] == "solid" and attrs["colour"] != "white":  # a light garment hides in the background
+                    checked += 1
+                    colour_moved += _garment_colour(Image.open(tmp_path / "s" / rel)) != _garment_colour(front)
+    assert 0.5 * STRAY_SHARE * 80 <= strays <= 1.6 * STRAY_SHARE * 80
+    assert checked >= 3 and colour_moved == checked  # the stray is another colourway, visible in the pixels
 
 
 def test_category_filters(tmp_path: Path) -> None:

@@ -20,10 +20,11 @@ from typing import Any, Literal
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from PIL import Image
 from tqdm import tqdm
 
 from fashionbert.synthetic.attributes import SUB_CATEGORIES, eligible_sub_categories, sample_attributes
-from fashionbert.synthetic.drawing import render_views
+from fashionbert.synthetic.drawing import STRAY, render_photo_set, render_views
 from fashionbert.synthetic.seasons import draw_season, season_phrase, trend_tags
 from fashionbert.synthetic.text import description, look_tags, make_tags, queries, title_en, title_keys, title_zh
 
@@ -50,6 +51,9 @@ CATALOG_SCHEMA = pa.schema(
         # The attribute keys ``title`` names (the rest it leaves out): what a perfect reader of the
         # title could know, for the Bayes ceiling of random-100 (fashionbert.evaluation.ceiling).
         ("title_attributes", pa.list_(pa.string())),
+        # What each of ``images`` shows (drawing.VIEW_KINDS: front, garment, close-up, stray): the
+        # generator's ground truth, for diagnostics only (e.g. the tagger's weight on stray photos).
+        ("image_kinds", pa.list_(pa.string())),
     ]
 )
 QUERY_LOG_SCHEMA = pa.schema([("query", pa.string()), ("product_id", pa.string()), ("clicks", pa.int32())])
@@ -66,14 +70,34 @@ class SynthResult:
     seconds: float
 
 
+STRAY_SHARE = 0.2  # share of products whose photo set holds one photo of another product
+
+
 def product_rngs(seed: int, split: str, index: int) -> tuple[np.random.Generator, ...]:
-    """Independent streams for attributes, text, pixels, the collection season and the close-ups.
+    """Independent streams for attributes, text, pixels, the collection season, the close-ups and
+    the stray photos.
 
     Separate streams so a text change never moves an image, the season (added later) moved
-    no attribute and no pixel of an existing product, and the close-up views (added after it)
-    moved no whole-garment view.
+    no attribute and no pixel of an existing product, the close-up views (added after it)
+    moved no whole-garment view, and the stray photos (added last) moved no other photo.
     """
-    return tuple(np.random.default_rng([seed, SPLIT_CODE[split], index, s]) for s in range(5))
+    return tuple(np.random.default_rng([seed, SPLIT_CODE[split], index, s]) for s in range(6))
+
+
+def stray_photo(attrs: dict[str, str], split: str, rng: np.random.Generator) -> Image.Image:
+    """A photo of another product of the same sub-category in another colour: a merchant's mix-up.
+
+    Real photo sets hold such strays (a sibling listing's colourway uploaded by mistake). A
+    model that averages a product's photos mixes the stray's colour and pattern into the
+    product's; one that weighs its photos against the title can drop it (issue 7's high-level
+    attention). The stray is a varied, not a front, shot of the other product.
+    """
+    other = sample_attributes(rng, split, [attrs["sub_category"]])
+    for _ in range(8):  # a different colour, so the mix-up is visible (few sub-categories have one colour)
+        if other["colour"] != attrs["colour"]:
+            break
+        other = sample_attributes(rng, split, [attrs["sub_category"]])
+    return render_views(other, rng, 2)[1]
 
 
 def price_of(sub_category: str, rng: np.random.Generator) -> float:
@@ -85,9 +109,9 @@ def price_of(sub_category: str, rng: np.random.Generator) -> float:
 
 
 def make_product(index: int, seed: int, split: str, subs: Sequence[str], out_dir: Path, id_prefix: str | None = None) -> dict[str, Any]:
-    """One product row; its 2-4 views (a front shot first, then varied shots and close-ups) are written
-    to `out_dir/images/`."""
-    r_attr, r_text, r_img, r_season, r_detail = product_rngs(seed, split, index)
+    """One product row; its 2-4 views (a front shot first, then varied shots and close-ups, and for
+    ``STRAY_SHARE`` of products one stray photo of another product) are written to `out_dir/images/`."""
+    r_attr, r_text, r_img, r_season, r_detail, r_stray = product_rngs(seed, split, index)
     attrs = sample_attributes(r_attr, split, subs)
     season = draw_season(r_season)
     listing = {**attrs, "season": season}  # the season is a fact of the listing, not a visual attribute
@@ -114,10 +138,16 @@ def make_product(index: int, seed: int, split: str, subs: Sequence[str], out_dir
         "attributes": sorted(listing.items()),
         "title_attributes": sorted(keys_zh if lang == "zh" else keys_en),
     }
-    for v, img in enumerate(render_views(attrs, r_img, int(r_img.integers(2, 5)), detail_rng=r_detail)):
+    photos = render_photo_set(attrs, r_img, int(r_img.integers(2, 5)), detail_rng=r_detail)
+    images, kinds = list(photos.images), list(photos.kinds)
+    if r_stray.random() < STRAY_SHARE:  # never the front shot: thumbnails and the index use it
+        slot = 1 + int(r_stray.integers(len(images) - 1))
+        images[slot], kinds[slot] = stray_photo(attrs, split, r_stray), STRAY
+    for v, img in enumerate(images):
         rel = f"images/{pid}_{v}.jpg"
         img.save(out_dir / rel, "JPEG", quality=JPEG_QUALITY)
         row["images"].append(rel)
+    row["image_kinds"] = kinds
     return row
 
 

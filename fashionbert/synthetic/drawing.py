@@ -1,5 +1,6 @@
 """Procedural product photos: a garment is drawn once, then photographed 2-4 times (the first a
-front shot, later ones varied shots or fabric close-ups).
+front shot, later ones varied shots or fabric close-ups; the catalog may swap one for a photo
+of another product, see :mod:`fashionbert.synthetic.catalog`).
 
 Why this shape: retrieval is scored against the attributes, so each attribute
 value must change the pixels in a way a CNN can see (colour fills most of the
@@ -12,6 +13,7 @@ views are single affine transforms of that RGBA layer - no per-pixel Python.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
@@ -421,8 +423,26 @@ def _detail_shot(layer: Image.Image, alpha: Image.Image, fit: float, bg: tuple[i
     return canvas
 
 
+FRONT, GARMENT, CLOSE_UP, STRAY = "front", "garment", "close-up", "stray"
+VIEW_KINDS = (FRONT, GARMENT, CLOSE_UP, STRAY)  # STRAY: a photo of another product (set by the catalog)
+
+
+@dataclass(frozen=True)
+class PhotoSet:
+    """A product's photos and what each one shows (one of ``VIEW_KINDS``), in the same order."""
+
+    images: list[Image.Image]
+    kinds: list[str]
+
+
 def render_views(attrs: Mapping[str, str], rng: np.random.Generator, n_views: int,
                  detail_rng: np.random.Generator | None = None) -> list[Image.Image]:
+    """The photos of :func:`render_photo_set`, without their kinds."""
+    return render_photo_set(attrs, rng, n_views, detail_rng).images
+
+
+def render_photo_set(attrs: Mapping[str, str], rng: np.random.Generator, n_views: int,
+                     detail_rng: np.random.Generator | None = None) -> PhotoSet:
     """`n_views` 256x256 RGB photos of one product: varied background, scale, tilt, offset, shadow.
 
     With ``detail_rng``, each view after the first is a fabric close-up with probability
@@ -437,7 +457,8 @@ def render_views(attrs: Mapping[str, str], rng: np.random.Generator, n_views: in
     x0, y0, x1, y1 = alpha.getbbox() or (0, 0, S, S)
     centre = ((x0 + x1) / 2, (y0 + y1) / 2)
     fit = min(1.5, 230 / max(x1 - x0, y1 - y0))  # small items (shorts, minis) fill the frame too
-    views = []
+    views: list[Image.Image] = []
+    kinds: list[str] = []
     for v in range(n_views):
         g = int(rng.integers(214, 244))
         bg = tuple(int(np.clip(g + t, 0, 255)) for t in rng.integers(-7, 8, size=3))
@@ -453,6 +474,7 @@ def render_views(attrs: Mapping[str, str], rng: np.random.Generator, n_views: in
         if v > 0 and detail_rng is not None and detail_rng.random() < DETAIL_SHARE:
             # drawn after this view's whole-garment draws, so the later views keep their pixels
             views.append(_detail_shot(layer, alpha, fit, bg, detail_rng))
+            kinds.append(CLOSE_UP)
             continue
         canvas = Image.new("RGB", (S, S), bg)
         if shadow_offset is not None:
@@ -467,4 +489,5 @@ def render_views(attrs: Mapping[str, str], rng: np.random.Generator, n_views: in
                                 resample=resample)
         canvas.paste(g_img, (0, 0), g_img)
         views.append(canvas)
-    return views
+        kinds.append(FRONT if v == 0 else GARMENT)
+    return PhotoSet(views, kinds)

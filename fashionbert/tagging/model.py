@@ -202,3 +202,18 @@ class TaggerHead(nn.Module):
 
     def forward(self, x: HeadInputs) -> torch.Tensor:
         return self.classifier(self.dropout(self.pooled(x) * self.fused_scale))
+
+    def view_weights(self, x: HeadInputs) -> torch.Tensor:
+        """Each view's share of the pooled vector, [B, V] (its glimpses' weights summed; a row sums to 1).
+
+        Why: it shows what the high-level attention does with a product's photos, e.g. how little
+        it keeps of a stray photo of another product. Without the high-level attention every real
+        view weighs the same (the masked mean), which is what the ablation is compared with.
+        """
+        groups, mask = self.fused_groups(x)
+        if self.config.use_high_level_attention:
+            weights = self.high_attention(groups, mask)[1]
+        else:
+            weights = mask.float() / mask.float().sum(-1, keepdim=True).clamp_min(1.0)
+        b, v = x.view_mask.shape
+        return weights.view(b, v, -1).sum(-1)
