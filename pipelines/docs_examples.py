@@ -4,7 +4,8 @@ Run: python -m pipelines.docs_examples --out docs/synthetic_examples.png
 
 Generates a few products (seed 0, two per category) into a temp dir and lays
 out each product's views with its English and Chinese titles, so a reader
-can check at a glance that the pictures show what the titles say.  Chinese
+can check at a glance that the pictures show what the titles say (a stray photo of another
+product, ``image_kinds``, is outlined in red).  Chinese
 needs a CJK font; without one only the English titles are drawn.
 """
 
@@ -77,9 +78,14 @@ def contact_sheet(catalog_dir: Path, rows: list[dict], cols: int = 2) -> Image.I
     for k, row in enumerate(rows):
         x0 = PAD + (k % cols) * (CELL_W + PAD)
         y0 = PAD + (k // cols) * (THUMB + TEXT_H + PAD)
+        kinds = row.get("image_kinds") or []
         for v, rel in enumerate(row["images"]):
             with Image.open(catalog_dir / rel) as im:
                 sheet.paste(im.convert("RGB").resize((THUMB, THUMB), Image.Resampling.LANCZOS), (x0 + v * (THUMB + 4), y0))
+            if v < len(kinds) and kinds[v] == "stray":  # a photo of another product: marked, so no reader is misled
+                x = x0 + v * (THUMB + 4)
+                draw.rectangle((x, y0, x + THUMB - 1, y0 + THUMB - 1), outline=(220, 30, 30), width=3)
+                draw.text((x + 6, y0 + 4), "stray: another product", fill=(220, 30, 30), font=small)
         ty = y0 + THUMB + 4
         draw.text((x0, ty), _fit(draw, row["title_en"], en_font, CELL_W), fill=(20, 20, 20), font=en_font)
         if zh_font is not None:
