@@ -320,7 +320,10 @@ def test_missing_image_or_title_still_yield_tags(trained: Path, tag_data: TagDat
         assert len(tags) == 4 and all(t in tagger.vocabulary for t, _ in tags)
         scores = [s for _, s in tags]
         assert scores == sorted(scores, reverse=True) and all(0 < s < 1 for s in scores)
-    assert image_only == none_title
+    # No title and an empty title are the same input (at other rows of the batch, so equal up to float
+    # rounding: a CPU kernel may sum a row in another order).
+    assert [t for t, _ in image_only] == [t for t, _ in none_title]
+    assert [s for _, s in image_only] == pytest.approx([s for _, s in none_title], abs=1e-6)
     assert [s for _, s in text_only] != [s for _, s in both] != [s for _, s in image_only]  # each modality is read
     top3 = {tuple(t for t, _ in tags) for tags in tagger.predict(data.titles, [None] * len(data), k=3)}
     assert len(top3) > 1  # titles alone: not one answer for all
