@@ -55,6 +55,7 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     "concat_fusion": {"fusion": "concat"},
     "concat_mlp_fusion": {"fusion": "concat_mlp"},
     "no_high_level_attention": {"use_high_level_attention": False},
+    "no_view_consensus": {"view_consensus": False},  # high-level attention scoring each group alone (item 47)
 }
 SPREAD_METRICS = ("f1@3", "map")  # reported with their standard deviation over seeds
 

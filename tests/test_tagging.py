@@ -13,6 +13,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
+import torch.nn.functional as F
 from typer.testing import CliRunner
 
 from fashionbert.encoder import FashionBert
@@ -32,7 +33,7 @@ from fashionbert.tagging import (
     top_k,
 )
 from fashionbert.tagging.baselines import LateFusionLinear
-from fashionbert.tagging.model import signed_sqrt
+from fashionbert.tagging.model import GroupAttention, signed_sqrt
 from fashionbert.tagging.tagger import collate_states, encode_states, split_states
 from fashionbert.tagging.training import TrainOptions, tag_loss, training_split
 from pipelines.tags import TagTrainConfig, evaluate_tagger, load_tag_data, run_ablations, train_tagger
@@ -146,8 +147,10 @@ def test_ablation_flags_remove_their_part():
     assert not any("proj_image" in n or "proj_text" in n for n in concat) and "fusion.linear.weight" in concat
     no_high = names(use_high_level_attention=False)
     assert not any("high_attention" in n for n in no_high)
+    assert "high_attention.agreement.weight" in full
+    assert "high_attention.agreement.weight" not in names(view_consensus=False) and "high_attention.proj.weight" in full
     for changes in ({"use_low_level_attention": False}, {"fusion": "concat"}, {"fusion": "concat_mlp"},
-                    {"use_high_level_attention": False}):
+                    {"use_high_level_attention": False}, {"view_consensus": False}):
         head = TaggerHead(_config(**changes)).eval()
         out = head(_inputs())
         assert out.shape == (3, 7) and torch.isfinite(out).all()
@@ -169,13 +172,39 @@ def test_concat_fusion_only_adds_up_the_two_sides_and_its_mlp_form_does_not():
     assert interaction(TaggerHead(_config()).eval().fusion) > 1e-2  # MFB multiplies
 
 
-def test_config_reads_taggers_saved_with_use_bilinear_and_refuses_unknown_fusions():
+def test_consensus_lets_the_high_level_attention_score_a_view_by_its_agreement_with_the_others():
+    """The same group gets another score when the product's other views change (never without consensus)."""
+    torch.manual_seed(0)
+    groups = F.normalize(torch.randn(2, 4, 12), dim=-1)
+    groups[1, 0] = groups[0, 0]  # product 1 shares group 0 with product 0; its other groups differ
+    mask = torch.ones(2, 4, dtype=torch.bool)
+    for consensus in (True, False):
+        attention = GroupAttention(12, 8, consensus=consensus).eval()
+        with torch.no_grad():
+            hidden = attention.proj(groups)
+            if consensus:
+                hidden = hidden + attention.agreement(F.normalize(groups, dim=-1) * F.normalize(
+                    groups.mean(1, keepdim=True), dim=-1) * 12)
+            logits = attention.score(torch.tanh(hidden)).squeeze(-1)
+            _, weights = attention(groups, mask)
+        assert torch.allclose(weights, torch.softmax(logits, -1), atol=1e-6)
+        same = torch.isclose(logits[0, 0], logits[1, 0], atol=1e-6)
+        assert bool(same) != consensus  # alone, a group's score ignores the rest of the product
+    _, padded = GroupAttention(12, 8, consensus=True)(groups, torch.tensor([[True] * 4, [True, True, False, False]]))
+    assert torch.all(padded[1, 2:] == 0) and torch.isclose(padded[1].sum(), torch.tensor(1.0))
+
+
+def test_config_reads_taggers_saved_with_use_bilinear_and_refuses_unknown_fusions(tmp_path):
     assert TaggerConfig.from_dict({"use_bilinear": True}).fusion == "mfb"
     assert TaggerConfig.from_dict({"use_bilinear": False}).fusion == "concat_mlp"  # what False built before
     with pytest.raises(ValueError, match="fusion"):
         TaggerConfig(fusion="sum")
     with pytest.raises(ValueError, match="select_on"):
         TrainOptions(select_on="loss")
+    # a tagger saved before the view consensus existed loads as what it was built as: without it
+    (tmp_path / "tagger_config.json").write_text(json.dumps({k: v for k, v in TaggerConfig().to_dict().items()
+                                                             if k != "view_consensus"}))
+    assert TaggerConfig.load(tmp_path).view_consensus is False and TaggerConfig().view_consensus is True
     recorded = {"catalog": "c.parquet", "features": "f", "checkpoint": "ckpt"}  # a record from before select_on
     assert TagTrainConfig.from_record(recorded).select_on == "f1@3" and TagTrainConfig(**recorded).select_on == "map"
 
@@ -371,7 +400,8 @@ def test_ablations_train_every_variant_on_the_same_data(tag_data: TagData, tmp_p
                          **{**FAST, "epochs": 2})
     table = run_ablations(cfg, tag_data.test_catalog, tag_data.test_features, json_out=tmp_path / "abl.json",
                           echo=lambda _: None)
-    assert list(table) == ["full", "no_low_level_attention", "concat_fusion", "concat_mlp_fusion", "no_high_level_attention"]
+    assert list(table) == ["full", "no_low_level_attention", "concat_fusion", "concat_mlp_fusion", "no_high_level_attention",
+                           "no_view_consensus"]
     params = {name: m["parameters"] for name, m in table.items()}
     assert all(params[name] < params["full"] for name in table if name != "full")
     assert all(0 <= m["f1@3"] <= 1 and m["epochs"] == 2 for m in table.values())

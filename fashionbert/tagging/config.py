@@ -39,6 +39,9 @@ class TaggerConfig:
     use_low_level_attention: bool = True  # False: masked means of tokens and patches
     fusion: str = "mfb"  # one of FUSIONS
     use_high_level_attention: bool = True  # False: mean over the fused groups
+    # The high-level attention reads each group beside its agreement with the product's mean group, so
+    # a view unlike the others (a stray photo of another product) can be told apart (design item 47).
+    view_consensus: bool = True
     freeze_trunk: bool = True
     min_tag_count: int = 2  # tags seen fewer times in the training catalog are not predicted
     max_views: int = 1  # image views per product read (each costs one joint trunk pass; the API has the first)
@@ -89,4 +92,6 @@ class TaggerConfig:
         path = Path(directory) / CONFIG_FILE
         if not path.is_file():
             raise FileNotFoundError(f"{directory} is not a tagger directory (no {CONFIG_FILE})")
-        return cls.from_dict(json.loads(path.read_text()))
+        data = json.loads(path.read_text())
+        data.setdefault("view_consensus", False)  # saved before design item 47: built without it
+        return cls.from_dict(data)

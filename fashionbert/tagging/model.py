@@ -14,8 +14,9 @@ the ablations (:class:`~fashionbert.tagging.config.TaggerConfig`):
    L2-normalised. Why: tags such as "red floral" depend on interactions of the two sides that
    a concatenation followed by a linear map can only add up.
 3. **High-level attention** (:class:`GroupAttention`) over the fused groups (one per glimpse
-   and per view), then a linear classifier over the vocabulary (multi-label logits). Why: some
-   views or glimpses are uninformative (a back view, a glimpse on the background).
+   and per view), each read beside its agreement with the product's mean group, then a linear
+   classifier over the vocabulary (multi-label logits). Why: some views or glimpses are
+   uninformative (a glimpse on the background) or wrong (a stray photo of another product).
 
 Masks make missing parts disappear instead of contributing zeros: padded tokens, the patches
 of a product without an image, and the empty view slots of products with fewer views.
@@ -144,16 +145,29 @@ class CoAttention(nn.Module):
 
 
 class GroupAttention(nn.Module):
-    """High-level attention: one weight per fused group (glimpse x view), masked softmax."""
+    """High-level attention: one weight per fused group (glimpse x view), masked softmax.
 
-    def __init__(self, dim_in: int, dim: int):
+    With ``consensus`` a group is scored on itself and on its agreement with the product's mean
+    group (the element-wise product of the two unit vectors, whose sum is their cosine). Why:
+    scored alone, a group cannot tell that it is the odd one out, e.g. a stray photo of another
+    product whose joint pass with the title looks like any other view's; beside the consensus
+    of the product's views it can (docs/design.md item 47).
+    """
+
+    def __init__(self, dim_in: int, dim: int, consensus: bool = False):
         super().__init__()
         self.proj = nn.Linear(dim_in, dim)
+        self.agreement = nn.Linear(dim_in, dim, bias=False) if consensus else None
         self.score = nn.Linear(dim, 1, bias=False)
 
     def forward(self, groups: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """groups [B, K, o], mask [B, K] -> pooled [B, o], weights [B, K]."""
-        weights = masked_softmax(self.score(torch.tanh(self.proj(groups))).squeeze(-1), mask)
+        hidden = self.proj(groups)
+        if self.agreement is not None:
+            consensus = F.normalize(masked_mean(groups, mask), dim=-1).unsqueeze(1)
+            # x dim: the product of two unit vectors has components ~1/dim; scaled, they are ~1 like the groups
+            hidden = hidden + self.agreement(F.normalize(groups, dim=-1) * consensus * groups.shape[-1])
+        weights = masked_softmax(self.score(torch.tanh(hidden)).squeeze(-1), mask)
         return (weights.unsqueeze(-1) * groups).sum(1), weights
 
 
@@ -173,7 +187,7 @@ class TaggerHead(nn.Module):
         else:
             self.fusion = ConcatFusion(h, h, config.mfb_o, config.dropout, hidden_relu=config.fusion == "concat_mlp")
         if config.use_high_level_attention:
-            self.high_attention = GroupAttention(config.mfb_o, config.attention_dim)
+            self.high_attention = GroupAttention(config.mfb_o, config.attention_dim, config.view_consensus)
         self.dropout = nn.Dropout(config.dropout)
         # MFB's output is a unit vector (components ~ 1/sqrt(o)): scaled by sqrt(o) the classifier sees
         # unit-variance inputs, as after the concatenation's linear layer; otherwise its weights must grow
