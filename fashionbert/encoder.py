@@ -25,6 +25,7 @@ from transformers import BertModel, PreTrainedTokenizerFast
 
 from fashionbert.configuration import SEGMENTS, FashionBertConfig
 from fashionbert.modeling import FashionBertModel
+from fashionbert.reranking import match_probability
 from fashionbert.text import load_tokenizer
 
 
@@ -49,6 +50,11 @@ class FashionBert:
     @property
     def config(self) -> FashionBertConfig:
         return self.model.config
+
+    @property
+    def logit_scale(self) -> float:
+        """ITC's learnt inverse temperature: how many nats a unit of cosine is worth (the fused re-rank score's scale)."""
+        return float(self.model.temperature_scale().detach())
 
     # ------------------------------------------------------------------ persistence
     def save_pretrained(self, directory: str | Path, extra: dict | None = None) -> Path:
@@ -161,14 +167,25 @@ class FashionBert:
         ))
 
     @torch.inference_mode()
-    def score_pairs(self, texts: Sequence[str], patch_features: np.ndarray | torch.Tensor, batch_size: int = 128, segment: str = "T") -> np.ndarray:
-        """TIA probability that each text matches its image (the cross-encoder re-ranker)."""
+    def match_logits(self, texts: Sequence[str], patch_features: np.ndarray | torch.Tensor, batch_size: int = 128,
+                     segment: str = "T") -> np.ndarray:
+        """TIA log-odds (match logit minus no-match logit) of each aligned (text, image) pair.
+
+        Why log-odds beside the probability: a confident float32 softmax rounds to exactly 1.0
+        once the margin passes ~17, and a ranking by probability then ties every confident
+        candidate; the log-odds keep their order (and add to other log-domain scores).
+        """
         self._check_pairs(texts, patch_features)
         result = self._batched(
             len(texts), batch_size,
-            lambda s: self.model.tia_logits(self._joint(texts, patch_features, s, segment)).float().softmax(-1)[:, 1],
+            lambda s: self.model.tia_logits(self._joint(texts, patch_features, s, segment)).float().diff(dim=-1)[:, 0],
         )
         return result.numpy() if result is not None else np.zeros(0, np.float32)
+
+    def score_pairs(self, texts: Sequence[str], patch_features: np.ndarray | torch.Tensor, batch_size: int = 128, segment: str = "T") -> np.ndarray:
+        """TIA probability that each text matches its image (the cross-encoder re-ranker): sigmoid of the log-odds."""
+        return match_probability(self.match_logits(texts, patch_features, batch_size=batch_size, segment=segment)
+                                 ).astype(np.float32)
 
     @torch.inference_mode()
     def attention_map(self, text: str, patch_features: np.ndarray | torch.Tensor, segment: str = "Q") -> np.ndarray:

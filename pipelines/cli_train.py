@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from fashionbert.reranking import DEFAULT_DUAL_WEIGHT
 from pipelines.cli_app import MODEL_SIZES, app
 from pipelines.cli_support import command_options
 
@@ -34,6 +35,8 @@ def pretrain(
     tia_grid: Annotated[int, typer.Option(min=0, help="0: one random same-sub-category negative per text (FashionBERT). "
                                                      "G >= 2: groups of G same-sub-category products, every text against "
                                                      "every image, TIA ranking in both directions.")] = 0,
+    main_view_share: Annotated[float, typer.Option(min=0.0, max=1.0, help="Share of rows showing a listing's main (first) "
+                                                                          "photo; the rest draw any of its views (0: every view alike).")] = 0.75,
     tokenizer: Annotated[Path | None, typer.Option(help="Local tokenizer folder (default: train one on the catalog).")] = None,
     bert_init: Annotated[Path | None, typer.Option(help="Local BERT folder to initialise the trunk, or a packaged one: "
                                                        "minilm (the default of --model small).")] = None,
@@ -59,7 +62,7 @@ def pretrain(
         batch_size=batch_size, grad_accum=grad_accum, lr=lr, warmup_steps=warmup_steps, loss_weighting=loss_weighting,
         weighting_every=weighting_every,
         tasks=tuple(t.strip() for t in tasks.split(",") if t.strip()), tokenizer=tokenizer, bert_init=bert_init,
-        clean_fraction=clean_fraction, tia_negatives=tia_negatives, tia_grid=tia_grid,
+        clean_fraction=clean_fraction, tia_negatives=tia_negatives, tia_grid=tia_grid, main_view_share=main_view_share,
         seed=seed, device=device, save_every=save_every,
     )
     result = run_pretrain(cfg, echo=typer.echo)
@@ -141,9 +144,14 @@ def evaluate(
     queries: Annotated[int, typer.Option(min=1, help="random-100: text and image queries each.")] = 1000,
     random100: Annotated[bool, typer.Option(help="Run the random-100 protocol (cross encoder; slow on CPU).")] = True,
     product_vectors: Annotated[str | None, typer.Option(help="Also score index product vectors: comma list of joint,i2t,t2i.")] = None,
+    dual_weight: Annotated[float, typer.Option(min=0.0, help="random100_fused: weight of logit_scale x cosine beside the "
+                                                             "cross encoder's log-odds (the search's FASHIONBERT_RERANK_DUAL_WEIGHT).")] = DEFAULT_DUAL_WEIGHT,
     seed: Annotated[int, typer.Option()] = 0,
 ) -> None:
     """Evaluate a checkpoint: random-100 (cross encoder) and full-catalog retrieval (dual encoder).
+
+    random-100's groups are also scored by the dual encoder alone (random100_dual.*) and by the
+    search's fused score of both stages (random100_fused.*).
 
     \b
     Example:
@@ -156,6 +164,6 @@ def evaluate(
 
     presets = tuple(p.strip() for p in product_vectors.split(",") if p.strip()) if product_vectors else ()
     config = EvalConfig(checkpoint, catalog, features, json_out, n_queries=queries, seed=seed, random100=random100,
-                        product_vectors=presets)
+                        product_vectors=presets, dual_weight=dual_weight)
     metrics = run_eval(config, echo=typer.echo)
     typer.echo(markdown_table(metrics))

@@ -12,6 +12,8 @@ import numpy as np
 from fashionbert.encoder import FashionBert
 from fashionbert.evaluation import (
     EvalItem,
+    MemoisedPairScorer,
+    cross_encoder_pair_scorer,
     dual_encoder_pair_scorer,
     evaluate_full_catalog,
     evaluate_random100,
@@ -19,6 +21,7 @@ from fashionbert.evaluation import (
     write_report,
 )
 from fashionbert.evaluation.ceiling import random100_ceiling
+from fashionbert.reranking import DEFAULT_DUAL_WEIGHT, fuse_stage_scores
 from fashionbert.synthetic.text import title_likelihood
 from indexer.catalog import Catalog, read_catalog
 from indexer.feature_store import FeatureStore
@@ -36,6 +39,8 @@ class EvalConfig:
     random100: bool = True
     full: bool = True
     random100_dual: bool = True  # the same groups scored by the dual encoder (stage 1), under random100_dual.*
+    random100_fused: bool = True  # ... and by the search's fused score of both stages, under random100_fused.*
+    dual_weight: float = DEFAULT_DUAL_WEIGHT  # of the fused score (fashionbert.reranking)
     ceiling: bool = True  # the Bayes ceiling of random-100, under random100_ceiling.* (catalogs that say what titles name)
     product_vectors: tuple[str, ...] = ()  # presets to score as the index serves them (joint, i2t, t2i)
     device: str = "cpu"
@@ -68,23 +73,45 @@ def title_attribute_likelihood(catalog: Catalog, items: list[EvalItem]) -> Calla
     return lambda text, image: title_likelihood(named[text], attrs[image])
 
 
+def _renamed(result: dict, prefix: str) -> dict[str, float]:
+    """random-100 headline numbers of another scorer of the same groups, under ``prefix.*``."""
+    return {k.replace("random100.", f"{prefix}.", 1): v for k, v in flatten_metrics(result, None).items()
+            if k.startswith("random100.")}
+
+
 def evaluate(cfg: EvalConfig, echo: Callable[[str], None] = print) -> dict[str, float]:
     start = time.perf_counter()
     model = FashionBert.from_pretrained(cfg.checkpoint, device=cfg.device)
     catalog = read_catalog(cfg.catalog, check_images="none")
     items, feats = eval_items(catalog, cfg.features)
     echo(f"eval: {len(items)} held-out products, checkpoint {cfg.checkpoint}")
-    r100 = evaluate_random100(model, items, feats, cfg.n_queries, cfg.n_candidates, cfg.seed) if cfg.random100 else None
+    # Ranked by log-odds: a float32 probability rounds confident verdicts to 1.0 and ties them.
+    cross = MemoisedPairScorer(cross_encoder_pair_scorer(model, feats))
+
+    def random100(scorer: Callable[[list[str], np.ndarray], np.ndarray], threshold: float) -> dict:
+        return evaluate_random100(model, items, feats, cfg.n_queries, cfg.n_candidates, cfg.seed,
+                                  pair_scorer=scorer, tia_threshold=threshold)
+
+    r100 = random100(cross, 0.0) if cfg.random100 else None
     full = evaluate_full_catalog(model, items, feats) if cfg.full else None
     metrics = flatten_metrics(r100, full)
     products: dict[str, float] = {}
-    if cfg.random100 and cfg.random100_dual:
-        dual = evaluate_random100(model, items, feats, cfg.n_queries, cfg.n_candidates, cfg.seed,
-                                  pair_scorer=dual_encoder_pair_scorer(model, feats))
-        products.update({k.replace("random100.", "random100_dual.", 1): v
-                         for k, v in flatten_metrics(dual, None).items() if k.startswith("random100.")})
-        echo(f"eval: random-100 SumR {metrics['random100.sum_r']:.1f} (cross encoder), "
-             f"{products['random100_dual.sum_r']:.1f} (dual encoder, same groups)")
+    if cfg.random100 and (cfg.random100_dual or cfg.random100_fused):
+        summary = [f"{metrics['random100.sum_r']:.1f} (cross encoder)"]
+        dual = MemoisedPairScorer(dual_encoder_pair_scorer(model, feats))
+        dual_groups = random100(dual, 0.5)
+        if cfg.random100_dual:
+            products.update(_renamed(dual_groups, "random100_dual"))
+            summary.append(f"{products['random100_dual.sum_r']:.1f} (dual encoder)")
+        if cfg.random100_fused:
+            scale = model.logit_scale
+            fused = random100(lambda t, rows: fuse_stage_scores(cross(t, rows), 2.0 * dual(t, rows) - 1.0, scale,
+                                                                cfg.dual_weight), 0.0)
+            products.update(_renamed(fused, "random100_fused"))
+            products["random100_fused.dual_weight"] = cfg.dual_weight
+            summary.append(f"{products['random100_fused.sum_r']:.1f} (the search's fused score, dual weight "
+                           f"{cfg.dual_weight:g})")
+        echo("eval: random-100 SumR " + ", ".join(summary) + ", on the same groups")
     if cfg.random100 and cfg.ceiling:
         likelihood = title_attribute_likelihood(catalog, items)
         if likelihood is not None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -43,6 +43,7 @@ from indexer.catalog import read_catalog
 from indexer.embeddings import checkpoint_sha256
 from indexer.feature_store import FeatureStore
 from indexer.features import resolve_device
+from pipelines.tag_interactions import TREND_COLUMN, trend_tag_map
 from pipelines.tag_views import VIEW_WEIGHT_COLUMNS, read_view_kinds, stray_positions, stray_view_weight, subset_metrics
 
 Echo = Callable[[str], None]
@@ -57,7 +58,21 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     "no_high_level_attention": {"use_high_level_attention": False},
     "no_view_consensus": {"view_consensus": False},  # high-level attention scoring each group alone (item 47)
 }
-SPREAD_METRICS = ("f1@3", "map")  # reported with their standard deviation over seeds
+SPREAD_METRICS = ("f1@3", "map", TREND_COLUMN)  # reported with their standard deviation over seeds (when there)
+
+
+def ablation_variants(names: Sequence[str] | None = None) -> list[str]:
+    """The ablation variants to run, in ``ABLATIONS`` order; ``full`` always, as the reference row.
+
+    Why a selection: every variant costs a training run per seed (~3 min each on a 2-core CPU), and a
+    question about one part needs only that part's row beside ``full``.
+    """
+    if names is None:
+        return list(ABLATIONS)
+    unknown = sorted(set(names) - set(ABLATIONS))
+    if unknown:
+        raise ValueError(f"unknown ablation variant(s) {', '.join(unknown)}; choose from {', '.join(ABLATIONS)}")
+    return [name for name in ABLATIONS if name == "full" or name in names]
 
 
 # ---------------------------------------------------------------------------- data
@@ -96,7 +111,7 @@ def _prefixed(prefix: str, metrics: dict[str, float]) -> dict[str, float]:
 
 def metrics_table(metrics: dict[str, float]) -> str:
     """The Markdown table of an evaluation, with the spread columns when ablations ran over seeds."""
-    extra = tuple(name for name in (*(f"{k}_sd" for k in SPREAD_METRICS), *VIEW_WEIGHT_COLUMNS)
+    extra = tuple(name for name in (TREND_COLUMN, *(f"{k}_sd" for k in SPREAD_METRICS), *VIEW_WEIGHT_COLUMNS)
                   if any(key.endswith(f".{name}") for key in metrics))
     return markdown_table(metrics, TABLE_COLUMNS + extra)
 
@@ -250,11 +265,18 @@ def _recorded_training(tagger: Tagger, tagger_dir: Path) -> TagTrainConfig:
     return cfg
 
 
+def _with_trend(metrics: dict[str, float]) -> dict[str, float]:
+    return metrics | trend_tag_map(metrics)
+
+
 def evaluate_tagger(tagger_dir: Path, catalog: Path, features: Path, json_out: Path | None = None, *,
-                    baselines: bool = True, ablations: bool = False, seeds: int = 1, device: str = "cpu",
+                    baselines: bool = True, ablations: bool = False, seeds: int = 1,
+                    variants: Sequence[str] | None = None, device: str = "cpu",
                     batch_size: int = 64, echo: Echo = print) -> dict[str, float]:
     """P/R/F1/hit@1,3,5 of the tagger on a held-out catalog, beside the baselines (and the ablations)."""
     t0 = time.perf_counter()
+    if ablations:
+        ablation_variants(variants)  # a misspelt variant fails now, not after the baselines
     tagger = Tagger.from_pretrained(tagger_dir, device=resolve_device(device))
     held, held_store = load_tag_data(catalog, features, tagger.config.max_views, feature_dim=tagger.feature_dim)
     rows = tagged_rows(held, catalog)
@@ -263,10 +285,12 @@ def evaluate_tagger(tagger_dir: Path, catalog: Path, features: Path, json_out: P
     strays = stray_positions(rows, kinds)
     echo(f"tags eval: {len(rows)} held-out products with tags ({len(strays)} with a stray photo among the views read), "
          f"tagger {tagger.name} ({tagger.version})")
-    scores = scores_of(tagger, held, rows, None, batch_size)
-    metrics = _prefixed("model", score_metrics(scores, tagger.vocabulary.tags, truth, per_tag=True)
+    # one trunk pass per product, shared by the scores and the stray products' view weights
+    states = StateCache(tagger.trunk, held, tagger.config.max_views, batch_size, passes=tagger.config.trunk_passes)
+    scores = scores_of(tagger, held, rows, states, batch_size)
+    metrics = _prefixed("model", _with_trend(score_metrics(scores, tagger.vocabulary.tags, truth, per_tag=True))
                         | subset_metrics(scores, tagger.vocabulary.tags, truth, strays)
-                        | stray_view_weight(tagger, held, rows, kinds, batch_size=batch_size))
+                        | stray_view_weight(tagger, held, rows, kinds, states, batch_size=batch_size))
     train_cfg = _recorded_training(tagger, Path(tagger_dir)) if baselines or ablations else None
     if baselines and train_cfg is not None:
         train, _ = load_tag_data(train_cfg.catalog, train_cfg.features, tagger.config.max_views,
@@ -283,10 +307,10 @@ def evaluate_tagger(tagger_dir: Path, catalog: Path, features: Path, json_out: P
             linear = LateFusionLinear.fit(x_train, y, pos_weight=pos_weights(y, TrainOptions().max_pos_weight),
                                           seed=train_cfg.seed)
             held_scores = linear.scores(x_held)
-            metrics |= _prefixed(name, score_metrics(held_scores, tagger.vocabulary.tags, truth, per_tag=True)
+            metrics |= _prefixed(name, _with_trend(score_metrics(held_scores, tagger.vocabulary.tags, truth, per_tag=True))
                                  | subset_metrics(held_scores, tagger.vocabulary.tags, truth, strays))
     if ablations and train_cfg is not None:
-        for name, values in run_ablations(train_cfg, catalog, features, seeds=seeds, echo=echo).items():
+        for name, values in run_ablations(train_cfg, catalog, features, seeds=seeds, variants=variants, echo=echo).items():
             metrics |= _prefixed(f"ablation.{name}", values)
     if json_out is not None:
         extra = {"tagger": str(Path(tagger_dir).resolve()), "tagger_version": tagger.version, "catalog": str(catalog),
@@ -297,8 +321,11 @@ def evaluate_tagger(tagger_dir: Path, catalog: Path, features: Path, json_out: P
 
 
 def run_ablations(cfg: TagTrainConfig, heldout_catalog: Path, heldout_features: Path, *, out_dir: Path | None = None,
-                  json_out: Path | None = None, seeds: int = 1, echo: Echo = print) -> dict[str, dict[str, float]]:
+                  json_out: Path | None = None, seeds: int = 1, variants: Sequence[str] | None = None,
+                  echo: Echo = print) -> dict[str, dict[str, float]]:
     """Train the full tagger and each ablation with the same data, seed and budget; their held-out metrics.
+
+    ``variants`` picks names of ``ABLATIONS`` (``full`` is always run); None runs them all.
 
     ``seeds`` > 1 trains every variant with seeds ``cfg.seed .. cfg.seed + seeds - 1`` (each seed also
     draws its own validation split) and reports the mean of each metric with the standard deviation of
@@ -307,6 +334,7 @@ def run_ablations(cfg: TagTrainConfig, heldout_catalog: Path, heldout_features: 
     With a frozen trunk the states of every (product, modality variant) are computed once, before
     any run, and shared: every variant's ``max_minutes`` is then spent on training alone.
     """
+    names = ablation_variants(variants)
     base, options = cfg.tagger_config(), cfg.options()
     device = resolve_device(cfg.device)
     trunk = FashionBert.from_pretrained(cfg.checkpoint, device=device)
@@ -325,8 +353,8 @@ def run_ablations(cfg: TagTrainConfig, heldout_catalog: Path, heldout_features: 
         held_cache = StateCache(trunk, held, base.max_views, passes=base.trunk_passes)
         held_cache.warm(rows)
     table: dict[str, dict[str, float]] = {}
-    for name, switches in ABLATIONS.items():
-        config = TaggerConfig.from_dict({**base.to_dict(), **switches})
+    for name in names:
+        config = TaggerConfig.from_dict({**base.to_dict(), **ABLATIONS[name]})
         runs = []
         for seed in range(cfg.seed, cfg.seed + seeds):
             run_trunk = trunk if base.freeze_trunk else FashionBert.from_pretrained(cfg.checkpoint, device=device)
@@ -335,14 +363,16 @@ def run_ablations(cfg: TagTrainConfig, heldout_catalog: Path, heldout_features: 
                                 echo=lambda m, n=label: echo(f"[{n}] {m}"), cache=cache)
             scores = scores_of(result.tagger, held, rows, held_cache)
             tags = result.tagger.vocabulary.tags
-            runs.append({**score_metrics(scores, tags, truth), **subset_metrics(scores, tags, truth, strays),
+            runs.append({**_with_trend(score_metrics(scores, tags, truth, per_tag=True)),
+                         **subset_metrics(scores, tags, truth, strays),
                          **stray_view_weight(result.tagger, held, rows, kinds, held_cache),
                          "best_epoch": float(result.best_epoch),
                          "epochs": float(len(result.history)), "seconds": round(result.seconds, 2),
                          "parameters": float(sum(p.numel() for p in result.tagger.head.parameters()))})
             stray = (f", with a stray photo F1@3 {runs[-1]['with_stray.f1@3']:.4f}, stray weight "
                      f"{runs[-1]['stray_view_weight']:.3f}" if "with_stray.f1@3" in runs[-1] else "")
-            echo(f"tags ablations: {label}: F1@3 {runs[-1]['f1@3']:.4f}{stray} ({len(result.history)} epochs, "
+            trend = f", trend-tag mAP {runs[-1][TREND_COLUMN]:.4f}" if TREND_COLUMN in runs[-1] else ""
+            echo(f"tags ablations: {label}: F1@3 {runs[-1]['f1@3']:.4f}{trend}{stray} ({len(result.history)} epochs, "
                  f"{result.seconds:.1f} s)")
             if out_dir is not None and seed == cfg.seed:
                 result.tagger.save_pretrained(Path(out_dir) / name, {"train": cfg.record(), "ablation": name})
@@ -351,8 +381,10 @@ def run_ablations(cfg: TagTrainConfig, heldout_catalog: Path, heldout_features: 
             table[name] |= {f"{k}_sd": float(np.std([r[k] for r in runs], ddof=1)) for k in SPREAD_METRICS + tuple(
                 f"with_stray.{m}" for m in SPREAD_METRICS) if k in runs[0]}
             table[name]["seeds"] = float(seeds)
+            trend = (f", trend-tag mAP {table[name][TREND_COLUMN]:.4f} ± {table[name][TREND_COLUMN + '_sd']:.4f}"
+                     if TREND_COLUMN in table[name] else "")
             echo(f"tags ablations: {name}: mean F1@3 {table[name]['f1@3']:.4f} ± {table[name]['f1@3_sd']:.4f}, "
-                 f"mAP {table[name]['map']:.4f} ± {table[name]['map_sd']:.4f} over {seeds} seeds")
+                 f"mAP {table[name]['map']:.4f} ± {table[name]['map_sd']:.4f}{trend} over {seeds} seeds")
     if json_out is not None:
         flat = {f"{name}.{k}": v for name, values in table.items() for k, v in values.items()}
         write_tag_report(flat, json_out, {"catalog": str(cfg.catalog), "heldout": str(heldout_catalog), "seed": cfg.seed,

@@ -98,6 +98,8 @@ def evaluate(
                                                                 "with the tagger's recorded data, seed and budget.")] = False,
     seeds: Annotated[int, typer.Option(min=1, help="Train every ablation variant with this many seeds and report "
                                                    "the means, with the standard deviation of F1@3 and mAP.")] = 1,
+    variants: Annotated[str | None, typer.Option(help="Comma-separated ablation variants to run (full always runs), "
+                                                      "e.g. no_low_level_attention,concat_fusion; default: all.")] = None,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
 ) -> None:
     """Evaluate a tagger on a held-out catalog: P/R/F1/hit@1,3,5 beside the baselines (and ablations).
@@ -109,6 +111,9 @@ def evaluate(
     """
     from pipelines.tags import evaluate_tagger, metrics_table
 
+    chosen = [name.strip() for name in variants.split(",") if name.strip()] if variants is not None else None
+    if chosen is not None and not ablations:
+        raise ValueError("--variants selects ablation variants: it needs --ablations")
     metrics = evaluate_tagger(tagger, catalog, features, json_out, baselines=baselines, ablations=ablations, seeds=seeds,
-                              device=device, echo=typer.echo)
+                              variants=chosen, device=device, echo=typer.echo)
     typer.echo(metrics_table(metrics))

@@ -66,10 +66,15 @@ class Engine:
         return self.model.encode_products([text], patches[:1], segment="Q")
 
     def rerank(self, text: str, patches: np.ndarray) -> np.ndarray:
-        """Cross-encoder (TIA) match probability of the query against each candidate's photo."""
+        """Cross-encoder (TIA) match log-odds of the query against each candidate's photo."""
         if len(patches) == 0:
             return np.zeros(0, np.float32)
-        return self.model.score_pairs([text] * len(patches), patches, segment="Q")
+        return self.model.match_logits([text] * len(patches), patches, segment="Q")
+
+    @property
+    def logit_scale(self) -> float:
+        """The checkpoint's ITC inverse temperature: the cosine's weight in the fused re-rank score."""
+        return self.model.logit_scale
 
     def attention(self, text: str, patches: np.ndarray) -> np.ndarray:
         return self.model.attention_map(text, patches, segment="Q")

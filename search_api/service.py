@@ -23,6 +23,7 @@ from urllib.parse import quote
 
 import numpy as np
 
+from fashionbert.reranking import fuse_ranked_list, match_probability
 from search_api.batching import MicroBatcher
 from search_api.cache import ResponseCache, cache_key
 from search_api.errors import Conflict, NotFound, Unauthorized, Unprocessable
@@ -184,7 +185,7 @@ class SearchService:
             "q": snap.engine.normalise_query(query) if query else None,
             "img": hashlib.sha256(image).hexdigest() if image is not None else None,
             "k": k, "cat": category, "rerank": rerank, "depth": depth if rerank else None,
-            "w": self.settings.rerank_weight,
+            "w": self.settings.rerank_dual_weight,
         })
         with self.metrics.stage("cache", timings):
             cached = await self.cache.get(key)
@@ -235,21 +236,15 @@ class SearchService:
         if rerank and len(rows):
             with self.metrics.stage("rerank", timings):
                 top = rows[:depth]
-                pictured = top[index.has_image[top]]
+                judged = index.has_image[top]
                 # Reading the candidates' patch features (memory-mapped, ~330 KB each) is part of the
                 # model thread's work, not the event loop's.
-                probs = await self.on_model_thread(_rerank_rows, engine, index, query, pictured) if len(pictured) else []
-            rerank_scores = {int(r): float(p) for r, p in zip(pictured, probs)}
-            w = self.settings.rerank_weight
-            retrieval01 = (retrieval[: len(top)] + 1.0) / 2.0  # cosine -> [0, 1], the TIA probability's scale
-            # A candidate without a readable image cannot be judged: it gets the average verdict of
-            # this query's candidates, so it neither jumps ahead of nor falls behind judged ones.
-            neutral = float(np.mean(probs)) if len(probs) else None
-            fused = np.array([w * rerank_scores.get(int(r), s if neutral is None else neutral) + (1 - w) * s
-                              for r, s in zip(top, retrieval01)])
-            head = np.argsort(-fused, kind="stable")
-            order = np.concatenate([head, np.arange(len(top), len(rows))])
-            final = np.concatenate([fused, (retrieval[len(top):] + 1.0) / 2.0 * (1 - w)])
+                log_odds = np.full(len(top), np.nan)
+                if judged.any():
+                    log_odds[judged] = await self.on_model_thread(_rerank_rows, engine, index, query, top[judged])
+            rerank_scores = dict(zip(top[judged].tolist(), match_probability(log_odds[judged]).tolist()))
+            final = fuse_ranked_list(log_odds, retrieval, engine.logit_scale, self.settings.rerank_dual_weight)
+            order = np.argsort(-final, kind="stable")
         results = []
         for rank, i in enumerate(order[:k], start=1):
             row = int(rows[i])

@@ -7,10 +7,16 @@ re-imports the app in each worker process) sees the same values through the envi
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from typing import Any
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from fashionbert.reranking import DEFAULT_DUAL_WEIGHT
+
+RETIRED = {"rerank_weight": "rerank_dual_weight (the fused score is now log-odds + weight x logit_scale x cosine)"}
 
 
 class Settings(BaseSettings):
@@ -37,7 +43,9 @@ class Settings(BaseSettings):
     max_image_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="uploads above this get 413")
     default_rerank_depth: int = Field(20, ge=1)
     max_rerank_depth: int = Field(100, ge=1)
-    rerank_weight: float = Field(0.5, ge=0, le=1, description="weight of the cross-encoder's TIA probability in the fused score")
+    rerank_dual_weight: float = Field(DEFAULT_DUAL_WEIGHT, ge=0, description=(
+        "weight of stage 1's logit_scale x cosine beside the cross encoder's match log-odds in the fused re-rank "
+        "score (fashionbert.reranking; 0: the cross encoder's order alone)"))
     candidate_multiplier: int = Field(1, ge=1, description="stage 1 fetches max(k, depth) x this many candidates")
 
     # Micro-batching of the text encoder
@@ -49,3 +57,13 @@ class Settings(BaseSettings):
     admin_token: SecretStr | None = Field(None, description="bearer token of POST /api/v1/admin/reload; unset: admin disabled")
     reload_poll_s: float = Field(2.0, ge=0, description="how often INDEX_DIR/CURRENT is checked (0: only on admin reload)")
     cors_origins: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_retired(cls, data: Any) -> Any:
+        """A retired setting fails loudly: ``extra="ignore"`` would otherwise drop it without a word."""
+        given = set(data) if isinstance(data, dict) else set()
+        given |= {name for name in RETIRED if f"FASHIONBERT_{name.upper()}" in os.environ}
+        for name in sorted(given & set(RETIRED)):
+            raise ValueError(f"setting {name} (FASHIONBERT_{name.upper()}) was retired: use {RETIRED[name]}")
+        return data

@@ -70,8 +70,20 @@ def test_category_filter_is_exact(client):
     assert {h["category"] for h in body["results"]} == {small["name"]}
 
 
+def _log_odds_of_hits(api_index, query: str, hits: list[dict]) -> list[float | None]:
+    """The cross encoder's log-odds of each hit's stored first view (None: no readable image)."""
+    model = FashionBert.from_pretrained(api_index.checkpoint)
+    store = FeatureStore(next((api_index.index_dir / "cache").glob("features-*")))
+    out: list[float | None] = []
+    for hit in hits:
+        feats = store.views(hit["product_id"], 1)
+        out.append(None if feats is None else float(model.match_logits([query], feats.astype(np.float32), segment="Q")[0]))
+    return out
+
+
 def test_rerank_orders_by_the_fused_score_and_off_orders_by_retrieval(client, api_index):
-    w = client.app.state.settings.rerank_weight
+    w = client.app.state.settings.rerank_dual_weight
+    scale = FashionBert.from_pretrained(api_index.checkpoint).logit_scale
     off = _search(client, query="blue denim jeans", k=10, rerank=False).json()
     on = _search(client, query="blue denim jeans", k=10, rerank=True, rerank_depth=10).json()
     assert off["reranked"] is False and all(h["rerank_score"] is None for h in off["results"])
@@ -80,19 +92,40 @@ def test_rerank_orders_by_the_fused_score_and_off_orders_by_retrieval(client, ap
     assert on["reranked"] is True
     fused = [h["score"] for h in on["results"]]
     assert fused == sorted(fused, reverse=True)
-    judged = [h["rerank_score"] for h in on["results"] if h["rerank_score"] is not None]
-    for h in on["results"]:  # k == depth: every result was a re-rank candidate
-        tia = h["rerank_score"] if h["rerank_score"] is not None else np.mean(judged)  # no photo: the average verdict
-        assert h["score"] == pytest.approx(w * tia + (1 - w) * (h["retrieval_score"] + 1) / 2, abs=1e-5)
+    log_odds = _log_odds_of_hits(api_index, "blue denim jeans", on["results"])
+    judged = [x for x in log_odds if x is not None]
+    assert len(judged) >= 9
+    for h, x in zip(on["results"], log_odds):  # k == depth: every result was a re-rank candidate
+        verdict = x if x is not None else np.mean(judged)  # no photo: the average verdict
+        assert h["score"] == pytest.approx(verdict + w * scale * h["retrieval_score"], abs=1e-3)
+        assert (h["rerank_score"] is None) == (x is None)
     assert {h["product_id"] for h in on["results"]} == {h["product_id"] for h in off["results"]}
-    # all weight on the cross encoder: the order is its order (here not the retrieval order)
-    with TestClient(create_app(api_settings(api_index, rerank_weight=1.0)), raise_server_exceptions=False) as c:
+    # no weight on stage 1: the order is the cross encoder's (here not the retrieval order)
+    with TestClient(create_app(api_settings(api_index, rerank_dual_weight=0.0)), raise_server_exceptions=False) as c:
         tia = _search(c, query="blue denim jeans", k=10, rerank_depth=10).json()["results"]
     scored = [h for h in tia if h["rerank_score"] is not None]  # the product without a readable image has none
     probs = [h["rerank_score"] for h in scored]
     assert len(scored) >= 9 and probs == sorted(probs, reverse=True)
-    assert [h["score"] for h in scored] == pytest.approx(probs, abs=1e-6)
     assert [h["product_id"] for h in tia] != [h["product_id"] for h in off["results"]]
+
+
+def test_results_beyond_the_rerank_depth_keep_stage_one_order_below_the_head(client):
+    body = _search(client, query="blue denim jeans", k=12, rerank_depth=4).json()["results"]
+    head, tail = body[:4], body[4:]
+    first_four = _search(client, query="blue denim jeans", k=4, rerank=False).json()["results"]
+    assert {h["product_id"] for h in head} == {h["product_id"] for h in first_four}  # re-ranked among themselves
+    assert all(h["rerank_score"] is None for h in tail)
+    assert [h["retrieval_score"] for h in tail] == sorted((h["retrieval_score"] for h in tail), reverse=True)
+    scores = [h["score"] for h in body]
+    assert scores == sorted(scores, reverse=True)  # never increasing down the list
+
+
+def test_a_retired_setting_fails_loudly(api_index, monkeypatch):
+    with pytest.raises(ValueError, match="rerank_weight .* was retired: use rerank_dual_weight"):
+        api_settings(api_index, rerank_weight=0.5)
+    monkeypatch.setenv("FASHIONBERT_RERANK_WEIGHT", "0.5")
+    with pytest.raises(ValueError, match="FASHIONBERT_RERANK_WEIGHT"):
+        api_settings(api_index)
 
 
 def test_rerank_scores_are_the_cross_encoder_on_the_first_view(client, api_index):

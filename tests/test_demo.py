@@ -28,6 +28,8 @@ def test_demo_runs_every_stage_then_reuses_them(tmp_path):
     assert tokenizer.tokenize("红色") == ["红", "色"]
     assert (first.checkpoint / "model.safetensors").is_file()
     assert {"random100.sum_r", "full.t2i.recall@10"} <= set(first.metrics)
+    # the same groups scored by stage 1 alone and by the search's fused score
+    assert {"random100_dual.sum_r", "random100_fused.sum_r", "random100_fused.t2i.r10"} <= set(first.metrics)
     # the synthetic catalog says what each title names, so the eval reports random-100's ceiling too
     assert first.metrics["random100.sum_r"] < first.metrics["random100_ceiling.sum_r"] <= 600
     assert any("| " in line for line in lines), "the evaluation table is printed"

@@ -113,6 +113,20 @@ def test_inference_api_returns_normalised_vectors_and_probabilities(fb):
     assert fb.encode_text([]).shape == (0, 32)
 
 
+def test_match_logits_keep_the_order_a_saturated_probability_loses(tokenizer):
+    torch.manual_seed(0)
+    model = FashionBert(FashionBertModel(named_config("tiny", tokenizer, patch_feature_dim=48, **TINY)), tokenizer)
+    assert model.logit_scale == pytest.approx(1 / 0.07)  # CLIP's initial temperature, as a plain float
+    f = feats(5)
+    logits = model.match_logits(TEXTS, f)
+    np.testing.assert_allclose(model.score_pairs(TEXTS, f), 1 / (1 + np.exp(-logits.astype(np.float64))), atol=1e-6)
+    with torch.no_grad():  # a confident head: every margin far beyond float32's reach
+        model.model.tia_head.bias.copy_(torch.tensor([-200.0, 200.0]))
+    logits = model.match_logits(TEXTS, f)
+    assert (logits > 20).all() and len(set(logits.tolist())) == 5  # still five distinct, ordered verdicts
+    assert (model.score_pairs(TEXTS, f) == 1.0).all()  # the probabilities are all tied at 1.0
+
+
 def test_attention_map_is_an_8x8_distribution_that_follows_the_image(fb):
     m1 = fb.attention_map("红色连衣裙", feats(1, seed=1)[0])
     m2 = fb.attention_map("红色连衣裙", feats(1, seed=2)[0])

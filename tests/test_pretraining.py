@@ -64,6 +64,23 @@ def test_batches_are_same_sub_category_groups_and_deterministic(corpus):
     assert same_neighbour > 0.5
 
 
+def test_rows_show_the_main_photo_by_preference(data, corpus):
+    indices = list(range(16))
+
+    def shows_main(share: float, step: int) -> list[bool]:
+        feats = make_collator(data, corpus, main_view_share=share)(indices, step=step)["image_features"]
+        main = [data["store"].get(corpus.records[i].product_id, 0).astype(np.float32) for i in indices]
+        return [bool(np.array_equal(f.numpy(), m)) for f, m in zip(feats, main)]
+
+    assert all(all(shows_main(1.0, step)) for step in range(3))  # only the main photo
+    uniform = [x for step in range(6) for x in shows_main(0.0, step)]
+    preferred = [x for step in range(6) for x in shows_main(0.75, step)]
+    # two views each: uniform draws show the main one about half the time, 0.75 about 0.875 of it
+    assert 0.3 < np.mean(uniform) < 0.7 < np.mean(preferred)
+    with pytest.raises(ValueError, match="main_view_share"):
+        make_collator(data, corpus, main_view_share=1.5)
+
+
 def test_collator_builds_negatives_and_masks_only_matched_pairs(data, corpus):
     collate = make_collator(data, corpus, query_probability=0.5, clean_fraction=0.5)
     indices = SubCategoryBatchSampler([r.sub_category for r in corpus.records], 16, 4, seed=0).batch(0)

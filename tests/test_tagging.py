@@ -36,6 +36,8 @@ from fashionbert.tagging.baselines import LateFusionLinear
 from fashionbert.tagging.model import GroupAttention, signed_sqrt
 from fashionbert.tagging.tagger import collate_states, encode_states, split_states
 from fashionbert.tagging.training import TrainOptions, tag_loss, training_split
+from fashionbert.synthetic.seasons import TREND_TAGS
+from pipelines.tag_interactions import trend_tag_map
 from pipelines.tags import TagTrainConfig, evaluate_tagger, load_tag_data, run_ablations, train_tagger
 from pipelines.cli import app
 from tests.tagging_fixtures import TagData, one_torch_thread, tag_data  # noqa: F401 - fixture
@@ -409,20 +411,30 @@ def test_ablations_train_every_variant_on_the_same_data(tag_data: TagData, tmp_p
     assert json.loads((tmp_path / "abl.json").read_text())["metrics"]["full.f1@3"] == table["full"]["f1@3"]
 
 
+def test_trend_tag_map_is_the_mean_ap_of_the_trend_tags_only():
+    per_tag = {"ap:in-season-colour": 0.4, "ap:in-season-cut": 0.8, "ap:dress": 1.0, "map": 0.7}
+    assert trend_tag_map(per_tag) == {"trend_map": pytest.approx(0.6)}
+    assert trend_tag_map({"ap:dress": 1.0, "map": 1.0}) == {}  # a catalog without trend tags: no key
+
+
 def test_ablations_over_seeds_report_the_mean_and_the_spread(tag_data: TagData, tmp_path):  # noqa: F811
     cfg = TagTrainConfig(tag_data.train_catalog, tag_data.train_features, tag_data.checkpoint, head=SMALL_HEAD,
                          **{**FAST, "epochs": 2})
     lines: list[str] = []
     table = run_ablations(cfg, tag_data.test_catalog, tag_data.test_features, json_out=tmp_path / "abl.json", seeds=2,
-                          echo=lines.append)
-    per_seed = {name: [float(line.split("F1@3 ")[1].split()[0]) for line in lines
+                          variants=["no_high_level_attention"], echo=lines.append)
+    assert list(table) == ["full", "no_high_level_attention"]  # the selection, with full as the reference row
+    per_seed = {name: [float(line.split("F1@3 ")[1].split()[0].rstrip(",")) for line in lines
                        if line.startswith(f"tags ablations: {name} seed ")] for name in table}
     for name, values in table.items():
         assert len(per_seed[name]) == 2 and values["seeds"] == 2
         assert values["f1@3"] == pytest.approx(np.mean(per_seed[name]), abs=1e-4)
         assert values["f1@3_sd"] == pytest.approx(np.std(per_seed[name], ddof=1), abs=1e-4)
         assert values["map_sd"] >= 0
-    assert "| f1@3_sd | map_sd |" in (tmp_path / "abl.md").read_text()  # the spread columns
+        # the season trend tags, which only an interaction of title and picture predicts, get their own mAP
+        trend = [values[f"ap:{tag}"] for tag in TREND_TAGS if f"ap:{tag}" in values]
+        assert trend and values["trend_map"] == pytest.approx(np.mean(trend)) and values["trend_map_sd"] >= 0
+    assert "| trend_map | f1@3_sd | map_sd | trend_map_sd |" in (tmp_path / "abl.md").read_text()  # the spread columns
 
 
 def test_baselines_are_fitted_on_the_taggers_own_training_rows(trained: Path, tag_data: TagData, monkeypatch):  # noqa: F811
@@ -494,3 +506,8 @@ def test_cli_bad_input_fails_with_a_clear_message(tag_data: TagData, tmp_path): 
     r = runner.invoke(app, ["tags", "train", "--catalog", str(tag_data.train_catalog), "--features", str(tmp_path),
                                  "--checkpoint", str(tag_data.checkpoint), "--out", str(tmp_path / "t")])
     assert r.exit_code == 1 and "fashionbert features" in r.output and "Traceback" not in r.output
+    trained_tagger = ["--tagger", str(tmp_path / "missing")]
+    for extra, message in ((["--ablations", "--variants", "full,no_mfb"], "unknown ablation variant(s) no_mfb"),
+                           (["--variants", "concat_fusion"], "it needs --ablations")):
+        r = runner.invoke(app, ["tags", "eval", *trained_tagger, *held, *extra])
+        assert r.exit_code == 1 and message in r.output and "Traceback" not in r.output, r.output

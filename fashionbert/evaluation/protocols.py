@@ -272,12 +272,15 @@ def evaluate_random100(
     seed: int = 0,
     batch_size: int = 404,
     pair_scorer: Callable[[list[str], np.ndarray], np.ndarray] | None = None,
+    tia_threshold: float = TIA_THRESHOLD,
 ) -> dict[str, Any]:
     """FashionBERT's random-100 evaluation of a cross encoder, both directions.
 
     ``pair_scorer(texts, feature_rows)`` replaces the cross encoder's scores
     (``model`` is then unused), e.g. :func:`dual_encoder_pair_scorer` to put the
-    search's first stage through the very same groups.
+    search's first stage through the very same groups, or
+    :func:`cross_encoder_pair_scorer` to rank by log-odds (``tia_threshold=0``),
+    which keep the order a saturated float32 probability loses to ties.
 
     Returns plain Python types (JSON-ready)::
 
@@ -288,8 +291,8 @@ def evaluate_random100(
     ``sum_r`` = 100 x (sum of the six Rank@K), 0-600; chance is 3200/101 = 31.68
     for full 101-candidate groups (``chance_sum_r`` is exact for the groups
     built). TIA accuracy: on each t2i group, the positive pair and one seeded
-    negative pair are classified as "match" when the score is > 0.5 (a tie at
-    0.5 is "no match", like argmax over [no-match, match]); accuracy over the
+    negative pair are classified as "match" when the score is > ``tia_threshold``
+    (0.5 for probabilities; a tie is "no match", like argmax over [no-match, match]); accuracy over the
     2 x n_groups pairs (fewer if a group has no negative). Scores are reused
     from the ranking pass, so TIA costs no extra model calls.
     """
@@ -339,12 +342,12 @@ def evaluate_random100(
             ranks.append(pessimistic_rank(s, g.positive))
             sizes.append(len(g.candidates))
             if d == "t2i":
-                tia_correct += int(s[g.positive] > TIA_THRESHOLD)
+                tia_correct += int(s[g.positive] > tia_threshold)
                 tia_pairs += 1
                 if len(s) > 1:
                     neg = int(tia_rng.integers(0, len(s) - 1))
                     neg += neg >= g.positive  # skip the positive's position
-                    tia_correct += int(not s[neg] > TIA_THRESHOLD)
+                    tia_correct += int(not s[neg] > tia_threshold)
                     tia_pairs += 1
         block: dict[str, Any] = {f"r{k}": recall_at(ranks, k) for k in RANDOM100_KS}
         block.update(
@@ -364,6 +367,45 @@ def evaluate_random100(
     result["n_topped_up"] = sum(result[d]["n_topped_up"] for d in DIRECTIONS)
     result["warnings"] = sorted({g.warning for d in DIRECTIONS for g in groups[d] if g.warning})
     return result
+
+
+class MemoisedPairScorer:
+    """A pair scorer that remembers its last answer.
+
+    Why: the cross encoder's ~100k random-100 pairs take minutes on a CPU, and the fused ranking
+    (:func:`fashionbert.reranking.fuse_stage_scores`) needs the very same scores again. Another
+    call with the same pairs returns the stored array; different pairs are scored afresh.
+    """
+
+    def __init__(self, scorer: Callable[[list[str], np.ndarray], np.ndarray]) -> None:
+        self.scorer = scorer
+        self._last: tuple[list[str], np.ndarray, np.ndarray] | None = None
+
+    def __call__(self, texts: list[str], rows: np.ndarray) -> np.ndarray:
+        rows = np.asarray(rows)
+        if self._last is not None and self._last[0] == texts and np.array_equal(self._last[1], rows):
+            return self._last[2]
+        scores = np.asarray(self.scorer(texts, rows), dtype=np.float64).reshape(-1)
+        self._last = (list(texts), rows.copy(), scores)
+        return scores
+
+
+def cross_encoder_pair_scorer(
+    model: Any, features: np.ndarray, batch_size: int = 404
+) -> Callable[[list[str], np.ndarray], np.ndarray]:
+    """The cross encoder's match log-odds (``model.match_logits``) as a pair scorer; threshold 0."""
+
+    def score(texts: list[str], rows: np.ndarray) -> np.ndarray:
+        out = np.empty(len(texts), dtype=np.float64)
+        for lo in range(0, len(texts), batch_size):
+            hi = min(lo + batch_size, len(texts))
+            logits = np.asarray(model.match_logits(texts[lo:hi], _gather(features, rows[lo:hi])), dtype=np.float64)
+            if logits.size != hi - lo:
+                raise ValueError(f"match_logits returned {logits.size} scores for {hi - lo} pairs")
+            out[lo:hi] = logits.reshape(-1)
+        return out
+
+    return score
 
 
 def dual_encoder_pair_scorer(

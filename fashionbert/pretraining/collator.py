@@ -1,7 +1,7 @@
 """One pretraining step's tensors from a batch of corpus records.
 
 Every row of the batch draws a text (a title in segment T, or a known query in
-segment Q) and an image view; those feed ITC's single-side passes. The joint
+segment Q) and an image view (the main one by preference); those feed ITC's single-side passes. The joint
 pass (MLM, MPM, TIA) is laid out in one of two ways:
 
 * ``pairs`` (``tia_grid=0``, FashionBERT's): one joint row per record; a
@@ -50,6 +50,7 @@ class PretrainCollator:
         clean_fraction: float = 0.0,
         tia_grid: int = 0,
         seed: int = 0,
+        main_view_share: float = 0.75,
     ):
         self.corpus = corpus
         self.masker = masker
@@ -61,6 +62,9 @@ class PretrainCollator:
         self.query_probability = query_probability
         if not 0.0 <= clean_fraction <= 1.0:
             raise ValueError("clean_fraction must be in [0, 1]")
+        if not 0.0 <= main_view_share <= 1.0:
+            raise ValueError("main_view_share must be in [0, 1]")
+        self.main_view_share = main_view_share
         if tia_grid == 1 or tia_grid < 0:
             raise ValueError(f"tia_grid must be 0 (pairs) or a group size >= 2, got {tia_grid}")
         if tia_grid and clean_fraction:
@@ -93,6 +97,19 @@ class PretrainCollator:
             segments.append(SEGMENT_Q if use_query else SEGMENT_T)
         return texts, segments
 
+    def _view(self, rec: PretrainRecord, rng: np.random.Generator) -> int:
+        """The record's main (first) image with probability ``main_view_share``, else any of its views.
+
+        Why not every view alike: a listing's title describes its main photo, while the other
+        views include fabric close-ups (no cut to see) and now and then another product's photo;
+        drawn uniformly, about a third of the pairs TIA and ITC learn from could not confirm
+        their title (docs/design.md item 49). The other views still come up, for the photo
+        search and the image-only vectors that read them.
+        """
+        if len(rec.images) == 1 or rng.random() < self.main_view_share:
+            return int(rec.images[0])
+        return int(rec.images[int(rng.integers(len(rec.images)))])
+
     def _zeroed(self, n: int, rows: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """[n, patches] mask with ``n_masked_patches`` drawn without replacement in each of ``rows``."""
         zeroed = np.zeros((n, self.num_patches), dtype=bool)
@@ -104,7 +121,7 @@ class PretrainCollator:
         rng = np.random.default_rng([self.seed, step, 11])
         records = [self.corpus.records[i] for i in indices]
         texts, segments = self._draw_texts(records, rng)
-        views = [int(rec.images[int(rng.integers(len(rec.images)))]) for rec in records]
+        views = [self._view(rec, rng) for rec in records]
         feats = np.stack([self.corpus.patch_features(rec, v) for rec, v in zip(records, views)]).astype(np.float32)
         encoded = [self._encode(t) for t in texts]
         if self.tia_grid:

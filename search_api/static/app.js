@@ -353,7 +353,7 @@ async function runSearch() {
 }
 
 const SCORE_HELP = {
-  score: "The score the results are ordered by (fused when re-ranked)",
+  score: "The score the results are ordered by; when re-ranked, the cross encoder's match log-odds plus the weighted, temperature-scaled stage-1 cosine",
   retrieval: "Stage 1: cosine similarity of the query and the product vectors",
   rerank: "Stage 2: the cross-encoder's match probability",
 };
