@@ -296,7 +296,9 @@ def test_time_budget_stops_training(data, tmp_path):
     # The learning rate decays by the clock: it anneals towards zero at the deadline, not at step 10,000.
     with (tmp_path / "budget" / "train_log.csv").open() as fh:
         lrs = [float(r["lr"]) for r in csv.DictReader(fh)]
-    assert len(lrs) >= 6, "tiny steps should be fast enough for a few in 9 s"
+    # A few steps are enough to tell the schedules apart (a loaded machine manages three in 9 s): decayed
+    # by step count, the learning rate after step 3 of 10,000 would still be near its peak.
+    assert len(lrs) >= 3, "tiny steps should be fast enough for a few in 9 s"
     assert all(a >= b for a, b in zip(lrs[2:], lrs[3:])) and lrs[-1] < 0.25 * max(lrs)
 
 
