@@ -68,7 +68,7 @@ class AttentionMap(BaseModel):
 
 
 class TagsRequest(BaseModel):
-    """A product by id (tagged from its catalog title and stored photo features), or a title and/or a photo."""
+    """A product by id (tagged from its catalog title and its photos, as many as the tagger reads), or a title and/or a photo."""
 
     model_config = ConfigDict(extra="forbid", json_schema_extra={
         "examples": [{"product_id": "tr-000001"}, {"title": "red floral summer dress", "k": 8}],
@@ -91,6 +91,7 @@ class TagsResponse(BaseModel):
     tagger_version: str = Field(description="hash of the tagger's weights and vocabulary")
     product_id: str | None = None
     inputs: list[str] = Field(default_factory=list, description="what the tags were read from: title, image")
+    views: int = Field(0, description="product photos read: by id, up to the tagger's max_views of the indexed ones")
     timings_ms: dict[str, float] = Field(default_factory=dict)
 
 

@@ -5,9 +5,11 @@ how features are made) serve the JSON and the multipart route. Why on the model 
 tagger is torch work like the encoder; one model thread keeps calls from fighting over cores
 and keeps them off the event loop.
 
-A product named by id is tagged from its catalog title and the index's stored first-view
-patch features (no CNN pass); an uploaded photo goes through the index's own photo CNN
-(``Engine.photo_features``), so its features match the ones the tagger was trained on.
+A product named by id is tagged from its catalog title and as many of its photos as the tagger
+was trained to read (``TaggerConfig.max_views``): the first from the index's stored patch
+features (no CNN pass), the others through the index's own photo CNN from their image files, so
+a tagger trained on four views is served four views, not one. An uploaded photo goes through the
+same CNN (``Engine.photo_features``), so its features match the ones the tagger was trained on.
 """
 
 from __future__ import annotations
@@ -16,11 +18,13 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
-from search_api.errors import NotFound, Unavailable, Unprocessable
+from search_api.errors import ApiError, NotFound, Unavailable, Unprocessable
 from search_api.images import open_image
 from search_api.loaded_index import LoadedIndex
 from search_api.metrics import Metrics
@@ -133,7 +137,7 @@ class TaggingService:
                 "timings_ms": {"total": round((time.perf_counter() - t0) * 1000, 3)}}
 
     async def for_product(self, product_id: str, k: int) -> dict[str, Any]:
-        """Tags of an indexed product: its catalog title + its stored first-view patch features."""
+        """Tags of an indexed product: its catalog title + up to ``max_views`` of its photos."""
         t0 = time.perf_counter()
         snap = self.state.snapshot
         tagger = self._require(snap)
@@ -143,9 +147,32 @@ class TaggingService:
                            code="unknown_product")
         title = snap.index.value("title", row)
         has_image = bool(snap.index.has_image[row])
+        more_views = np.zeros((0, 0, 0), np.float32)
+        if has_image and tagger.config.max_views > 1:
+            more_views = await self._more_views(snap, row, tagger.config.max_views - 1)
         with self.metrics.stage("tags"):
-            predictions = await self.run(_tags_of_row, tagger, snap.index, row, title, has_image, k)
-        return self._body(tagger, predictions, product_id, ["title", *(["image"] if has_image else [])], t0)
+            predictions = await self.run(_tags_of_row, tagger, snap.index, row, title, has_image, more_views, k)
+        body = self._body(tagger, predictions, product_id, ["title", *(["image"] if has_image else [])], t0)
+        body["views"] = (1 + len(more_views)) if has_image else 0
+        return body
+
+    async def _more_views(self, snap: Snapshot, row: int, limit: int) -> np.ndarray:
+        """Patch features of a product's photos after the first (at most ``limit``), made as the catalog's were.
+
+        The index stores the first view's patches only (the re-ranker's; a copy of every view would
+        multiply its size by the photo count), so the others go through the photo CNN here. A photo
+        that cannot be read now (deleted, corrupt since indexing, inline bytes) is skipped with a
+        warning: the product is still tagged from its title and the photos that can be read.
+        """
+        paths = [p for p in (snap.index.image_path(row, n) for n in snap.index.image_views(row)[1:]) if p is not None]
+        pictures = await asyncio.to_thread(_readable_pictures, paths, limit)
+        if not pictures or not snap.features_config:
+            return np.zeros((0, 0, 0), np.float32)
+        with self.metrics.stage("features"):
+            views = await self.run(snap.engine.photo_features, pictures, snap.features_config)
+        # Stored patches are float16 (the feature store's precision): round these the same way, so a
+        # product's tags do not depend on which of its views came from the store.
+        return views.astype(np.float16).astype(np.float32)
 
     async def for_input(self, title: str | None, image: bytes | None, k: int) -> dict[str, Any]:
         """Tags of a product that is not indexed yet: a title, a photo, or both."""
@@ -162,11 +189,34 @@ class TaggingService:
                 views = await self.run(snap.engine.photo_features, [picture], snap.features_config)
         with self.metrics.stage("tags"):
             predictions = await self.run(_tags_of_input, tagger, title, views, k)
-        return self._body(tagger, predictions, None, [*(["title"] if title else []), *(["image"] if image else [])], t0)
+        body = self._body(tagger, predictions, None, [*(["title"] if title else []), *(["image"] if image else [])], t0)
+        body["views"] = 0 if views is None else len(views)
+        return body
 
 
-def _tags_of_row(tagger, index: LoadedIndex, row: int, title: str, has_image: bool, k: int) -> list[tuple[str, float]]:
+def _readable_pictures(paths: list[Path], limit: int) -> list[Image.Image]:
+    """The first ``limit`` photos among ``paths`` that decode, in order; the others are logged and left out.
+
+    Catalog photos were accepted by the indexer whatever their size, so the upload byte limit does
+    not apply; the decoder's guards (pixel limit, full decode) do.
+    """
+    pictures: list[Image.Image] = []
+    for path in paths:
+        if len(pictures) == limit:
+            break
+        try:
+            data = path.read_bytes()
+            pictures.append(open_image(data, max(len(data), 1)))
+        except (OSError, ApiError) as exc:
+            log.warning("tags: skipping unreadable product photo %s: %s", path, exc)
+    return pictures
+
+
+def _tags_of_row(tagger, index: LoadedIndex, row: int, title: str, has_image: bool, more_views: np.ndarray,
+                 k: int) -> list[tuple[str, float]]:
     views = index.patches(np.array([row])) if has_image else None  # memory-mapped read: model-thread work
+    if views is not None and len(more_views):
+        views = np.concatenate([views, more_views])
     return tagger.predict([title], [views], k=k)[0]
 
 

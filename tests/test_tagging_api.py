@@ -43,7 +43,7 @@ def test_tags_of_an_indexed_product_use_its_title_and_stored_first_view(tag_clie
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["tagger"] == "tagger-tiny" and len(body["tagger_version"]) == 12
-    assert body["product_id"] == row["product_id"] and body["inputs"] == ["title", "image"]
+    assert body["product_id"] == row["product_id"] and body["inputs"] == ["title", "image"] and body["views"] == 1
     tagger = Tagger.from_pretrained(api_tagger)
     store = FeatureStore(next((api_index.index_dir / "cache").glob("features-*")))
     expected = tagger.predict([row["title"]], [store.views(row["product_id"], 1)], k=4)[0]
@@ -54,7 +54,64 @@ def test_tags_of_an_indexed_product_use_its_title_and_stored_first_view(tag_clie
 def test_a_product_without_a_usable_photo_is_tagged_from_its_title(tag_client, api_index):  # noqa: F811
     row = _rows(api_index)[5]  # every image of row 5 is corrupt
     body = tag_client.post("/api/v1/tags", json={"product_id": row["product_id"]}).json()
-    assert body["inputs"] == ["title"] and len(body["tags"]) == 5
+    assert body["inputs"] == ["title"] and len(body["tags"]) == 5 and body["views"] == 0
+
+
+@pytest.fixture(scope="module")
+def multi_view_tagger(api_index: ApiIndex, tmp_path_factory: pytest.TempPathFactory):  # noqa: F811
+    """A tiny tagger that reads three photos per product (TaggerConfig.max_views = 3)."""
+    from pipelines.tags import TagTrainConfig, train_tagger
+
+    features = next((api_index.index_dir / "cache").glob("features-*"))
+    out = tmp_path_factory.mktemp("tagger3") / "tagger-3views"
+    train_tagger(TagTrainConfig(catalog=api_index.catalog, features=features, checkpoint=api_index.checkpoint, out=out,
+                                epochs=3, batch_size=8, lr=3e-3, seed=0, progress=False,
+                                head={"attention_dim": 32, "mfb_o": 64, "mfb_k": 3, "max_views": 3}), echo=lambda _: None)
+    return out
+
+
+def test_a_multi_view_tagger_is_served_every_view_it_was_trained_on(api_index, multi_view_tagger):  # noqa: F811
+    """By id, the product's first photo comes from the index, the next ones through the photo CNN: the tags
+    equal the tagger's offline prediction on the catalog's three extracted views, and differ from one view's."""
+    features = next((api_index.index_dir / "cache").glob("features-*"))
+    store = FeatureStore(features)
+    tagger = Tagger.from_pretrained(multi_view_tagger)
+    rows = _rows(api_index)
+    with TestClient(create_app(api_settings(api_index, tagger=multi_view_tagger)), raise_server_exceptions=False) as c:
+        for i in (0, 1, 8):  # two, four and three photos
+            row = rows[i]
+            stored = store.views(row["product_id"])
+            assert len(stored) >= 2
+            body = c.post("/api/v1/tags", json={"product_id": row["product_id"], "k": 5}).json()
+            assert body["views"] == min(3, len(stored))
+            expected = tagger.predict([row["title"]], [stored[:3]], k=5)[0]
+            assert [t["tag"] for t in body["tags"]] == [t for t, _ in expected]
+            assert [t["score"] for t in body["tags"]] == pytest.approx([s for _, s in expected], abs=1e-3)
+            one_view = tagger.predict([row["title"]], [stored[:1]], k=len(tagger.vocabulary))[0]
+            served = dict((t["tag"], t["score"]) for t in body["tags"])
+            assert max(abs(served[t] - dict(one_view)[t]) for t in served) > 1e-3  # the other views were read
+
+
+def test_a_photo_unreadable_since_indexing_is_skipped_not_fatal(api_index, multi_view_tagger):  # noqa: F811
+    row = _rows(api_index)[9]
+    store = FeatureStore(next((api_index.index_dir / "cache").glob("features-*")))
+    stored = store.views(row["product_id"])
+    assert len(stored) >= 3
+    second = api_index.data / row["images"][1]
+    original = second.read_bytes()
+    tagger = Tagger.from_pretrained(multi_view_tagger)
+    try:
+        second.write_bytes(b"\xff\xd8\xff truncated since indexing")
+        with TestClient(create_app(api_settings(api_index, tagger=multi_view_tagger)), raise_server_exceptions=False) as c:
+            r = c.post("/api/v1/tags", json={"product_id": row["product_id"], "k": 5})
+    finally:
+        second.write_bytes(original)
+    assert r.status_code == 200, r.text
+    read = [0, 2, 3][:min(3, len(stored) - 1)]  # the stored first view, then the readable photos after it
+    assert r.json()["views"] == len(read)
+    expected = tagger.predict([row["title"]], [stored[read]], k=5)[0]
+    assert [t["tag"] for t in r.json()["tags"]] == [t for t, _ in expected]
+    assert [t["score"] for t in r.json()["tags"]] == pytest.approx([s for _, s in expected], abs=1e-3)
 
 
 def test_an_upload_gets_the_tags_of_the_same_product_by_id(tag_client, api_index):  # noqa: F811

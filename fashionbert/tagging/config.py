@@ -44,7 +44,7 @@ class TaggerConfig:
     view_consensus: bool = True
     freeze_trunk: bool = True
     min_tag_count: int = 2  # tags seen fewer times in the training catalog are not predicted
-    max_views: int = 1  # image views per product read (each costs one joint trunk pass; the API has the first)
+    max_views: int = 1  # image views per product read (each one joint trunk pass; the API reads as many, the first stored)
     # "joint": the head reads one [CLS] title [SEP] patches pass (tokens and patches have already met);
     # "separate": a text-only and an image-only pass, so the head's co-attention and fusion are
     # the only place the two modalities meet (docs/design.md item 36).
