@@ -29,7 +29,6 @@ from urllib.parse import urlsplit, urlunsplit
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
 
 __all__ = [
     "CacheStatus",
@@ -227,9 +226,11 @@ class RedisCache:
         """Run one bounded Redis call: ``(True, result)``, or ``(False, None)`` after recording the failure."""
         try:
             result = await asyncio.wait_for(make(), timeout=self.timeout_s)
-        except (RedisError, OSError, asyncio.TimeoutError) as exc:
-            # OSError covers socket-level failures redis-py does not wrap; asyncio.TimeoutError is
-            # the wait_for guard (an alias of the builtin TimeoutError, itself an OSError, on 3.11+).
+        except Exception as exc:  # noqa: BLE001 - a cache failure is a miss, never a failed request
+            # RedisError and OSError are the usual outages; asyncio.TimeoutError is the wait_for guard.
+            # Anything else is a server the client cannot understand (a non-Redis service on the port,
+            # a proxy answering the handshake wrongly: redis-py 8 then fails with e.g. AttributeError
+            # inside its HELLO negotiation) and is treated the same: recorded, backed off, reported.
             # A command cancelled by the guard leaves no half-read reply behind: redis-py drops a
             # connection interrupted mid-command (any BaseException) instead of pooling it.
             self._record_error(exc)
