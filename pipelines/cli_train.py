@@ -134,6 +134,22 @@ def continue_pretrain(
     typer.echo(report_markdown(result.report, {"checkpoint": str(result.checkpoint), "report": str(result.report_path)}))
 
 
+def parse_weights(text: str | None, option: str) -> tuple[float, ...]:
+    """``"0.5,1,2"`` -> (0.5, 1.0, 2.0); a value that is not a number >= 0 is a usage error naming the option."""
+    if not text:
+        return ()
+    weights = []
+    for part in (p.strip() for p in text.split(",")):
+        try:
+            value = float(part)
+        except ValueError:
+            value = float("nan")
+        if not value >= 0 or value == float("inf"):
+            raise typer.BadParameter(f"{option}: {part!r} is not a weight >= 0 (give a comma list such as 0.5,1,2)")
+        weights.append(value)
+    return tuple(weights)
+
+
 @app.command("eval")
 @command_options(output_file="json_out")
 def evaluate(
@@ -146,6 +162,9 @@ def evaluate(
     product_vectors: Annotated[str | None, typer.Option(help="Also score index product vectors: comma list of joint,i2t,t2i.")] = None,
     dual_weight: Annotated[float, typer.Option(min=0.0, help="random100_fused: weight of logit_scale x cosine beside the "
                                                              "cross encoder's log-odds (the search's FASHIONBERT_RERANK_DUAL_WEIGHT).")] = DEFAULT_DUAL_WEIGHT,
+    dual_weight_sweep: Annotated[str | None, typer.Option(help="random100_fused_sweep: comma list of more dual weights "
+                                                                "to rank the same groups with (e.g. 0.5,1,2,4; the cross "
+                                                                "encoder is scored once), to choose the search's weight.")] = None,
     seed: Annotated[int, typer.Option()] = 0,
 ) -> None:
     """Evaluate a checkpoint: random-100 (cross encoder) and full-catalog retrieval (dual encoder).
@@ -164,6 +183,7 @@ def evaluate(
 
     presets = tuple(p.strip() for p in product_vectors.split(",") if p.strip()) if product_vectors else ()
     config = EvalConfig(checkpoint, catalog, features, json_out, n_queries=queries, seed=seed, random100=random100,
-                        product_vectors=presets, dual_weight=dual_weight)
+                        product_vectors=presets, dual_weight=dual_weight,
+                        dual_weight_sweep=parse_weights(dual_weight_sweep, "--dual-weight-sweep"))
     metrics = run_eval(config, echo=typer.echo)
     typer.echo(markdown_table(metrics))

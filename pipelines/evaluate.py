@@ -41,6 +41,9 @@ class EvalConfig:
     random100_dual: bool = True  # the same groups scored by the dual encoder (stage 1), under random100_dual.*
     random100_fused: bool = True  # ... and by the search's fused score of both stages, under random100_fused.*
     dual_weight: float = DEFAULT_DUAL_WEIGHT  # of the fused score (fashionbert.reranking)
+    # More weights to score the fused ranking with, on the same memoised cross-encoder scores
+    # (random100_fused_sweep.<w>.*): the figure FASHIONBERT_RERANK_DUAL_WEIGHT is chosen by.
+    dual_weight_sweep: tuple[float, ...] = ()
     ceiling: bool = True  # the Bayes ceiling of random-100, under random100_ceiling.* (catalogs that say what titles name)
     product_vectors: tuple[str, ...] = ()  # presets to score as the index serves them (joint, i2t, t2i)
     device: str = "cpu"
@@ -105,12 +108,23 @@ def evaluate(cfg: EvalConfig, echo: Callable[[str], None] = print) -> dict[str, 
             summary.append(f"{products['random100_dual.sum_r']:.1f} (dual encoder)")
         if cfg.random100_fused:
             scale = model.logit_scale
-            fused = random100(lambda t, rows: fuse_stage_scores(cross(t, rows), 2.0 * dual(t, rows) - 1.0, scale,
-                                                                cfg.dual_weight), 0.0)
-            products.update(_renamed(fused, "random100_fused"))
+
+            def fused_with(weight: float) -> dict:
+                return random100(lambda t, rows: fuse_stage_scores(cross(t, rows), 2.0 * dual(t, rows) - 1.0, scale,
+                                                                   weight), 0.0)
+
+            products.update(_renamed(fused_with(cfg.dual_weight), "random100_fused"))
             products["random100_fused.dual_weight"] = cfg.dual_weight
             summary.append(f"{products['random100_fused.sum_r']:.1f} (the search's fused score, dual weight "
                            f"{cfg.dual_weight:g})")
+            sweep = {w: (products["random100_fused.sum_r"] if w == cfg.dual_weight else
+                         _renamed(fused_with(w), "f")["f.sum_r"]) for w in sorted(set(cfg.dual_weight_sweep))}
+            products.update({f"random100_fused_sweep.{w:g}.sum_r": v for w, v in sweep.items()})
+            if sweep:
+                best = max(sweep, key=lambda w: (sweep[w], -w))
+                products["random100_fused_sweep.best_dual_weight"] = best
+                echo("eval: fused SumR by dual weight: " + ", ".join(f"{w:g} -> {v:.1f}" for w, v in sweep.items())
+                     + f" (best {best:g}; cross encoder alone {metrics['random100.sum_r']:.1f})")
         echo("eval: random-100 SumR " + ", ".join(summary) + ", on the same groups")
     if cfg.random100 and cfg.ceiling:
         likelihood = title_attribute_likelihood(catalog, items)

@@ -1,0 +1,47 @@
+"""`fashionbert eval` as a job: the fused re-rank score swept over dual weights on the same groups."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from indexer.catalog import read_catalog
+from indexer.features import FeatureJobConfig, extract_catalog_features
+from pipelines.cli import app
+from pipelines.evaluate import EvalConfig, evaluate
+from tests.indexer_fixtures import make_checkpoint, make_synthetic
+
+
+@pytest.fixture(scope="module")
+def eval_inputs(tmp_path_factory: pytest.TempPathFactory) -> EvalConfig:
+    root = tmp_path_factory.mktemp("eval_job")
+    catalog = make_synthetic(root / "data", n=24)
+    extract_catalog_features(read_catalog(catalog, check_images="none"), root / "feat",
+                             FeatureJobConfig(batch_size=8, shard_size=16, num_workers=0, max_images_per_product=1),
+                             progress=False)
+    return EvalConfig(make_checkpoint(catalog, root / "ckpt"), catalog, root / "feat", n_queries=12, full=False)
+
+
+def test_the_sweep_ranks_by_the_cross_encoder_at_zero_and_by_the_dual_encoder_at_large_weights(eval_inputs):
+    metrics = evaluate(replace(eval_inputs, dual_weight=1.0, dual_weight_sweep=(1e6, 0.0, 1.0)), echo=lambda _: None)
+    sweep = {w: metrics[f"random100_fused_sweep.{w}.sum_r"] for w in ("0", "1", "1e+06")}
+    assert sweep["0"] == pytest.approx(metrics["random100.sum_r"])  # log-odds alone: the cross encoder's ranking
+    assert sweep["1"] == pytest.approx(metrics["random100_fused.sum_r"])  # the configured weight is one of them
+    assert sweep["1e+06"] == pytest.approx(metrics["random100_dual.sum_r"])  # the cosine dominates
+    best = metrics["random100_fused_sweep.best_dual_weight"]
+    assert metrics[f"random100_fused_sweep.{best:g}.sum_r"] == max(sweep.values())
+    # The swept figure for a weight is the one a run configured with that weight reports.
+    alone = evaluate(replace(eval_inputs, dual_weight=0.0), echo=lambda _: None)
+    assert alone["random100_fused.sum_r"] == pytest.approx(sweep["0"])
+    assert not any(k.startswith("random100_fused_sweep.") for k in alone)
+
+
+def test_a_bad_sweep_weight_is_a_one_line_usage_error(eval_inputs):
+    cfg = eval_inputs
+    r = CliRunner().invoke(app, ["eval", "--checkpoint", str(cfg.checkpoint), "--catalog", str(cfg.catalog),
+                                 "--features", str(cfg.features), "--dual-weight-sweep", "0.5,heavy"])
+    assert r.exit_code != 0
+    assert "--dual-weight-sweep" in r.output and "'heavy' is not a weight >= 0" in r.output
