@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Annotated
@@ -143,8 +144,8 @@ def parse_weights(text: str | None, option: str) -> tuple[float, ...]:
         try:
             value = float(part)
         except ValueError:
-            value = float("nan")
-        if not value >= 0 or value == float("inf"):
+            value = math.nan
+        if not (math.isfinite(value) and value >= 0):
             raise typer.BadParameter(f"{option}: {part!r} is not a weight >= 0 (give a comma list such as 0.5,1,2)")
         weights.append(value)
     return tuple(weights)

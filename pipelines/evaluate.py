@@ -118,7 +118,7 @@ def evaluate(cfg: EvalConfig, echo: Callable[[str], None] = print) -> dict[str, 
             summary.append(f"{products['random100_fused.sum_r']:.1f} (the search's fused score, dual weight "
                            f"{cfg.dual_weight:g})")
             sweep = {w: (products["random100_fused.sum_r"] if w == cfg.dual_weight else
-                         _renamed(fused_with(w), "f")["f.sum_r"]) for w in sorted(set(cfg.dual_weight_sweep))}
+                         float(fused_with(w)["sum_r"])) for w in sorted(set(cfg.dual_weight_sweep))}
             products.update({f"random100_fused_sweep.{w:g}.sum_r": v for w, v in sweep.items()})
             if sweep:
                 best = max(sweep, key=lambda w: (sweep[w], -w))

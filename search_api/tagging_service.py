@@ -131,9 +131,9 @@ class TaggingService:
         return title or None
 
     def _body(self, tagger, predictions: list[tuple[str, float]], product_id: str | None, used: list[str],
-              t0: float) -> dict[str, Any]:
+              views: int, t0: float) -> dict[str, Any]:
         return {"tags": [{"tag": t, "score": round(s, 6)} for t, s in predictions], "tagger": tagger.name,
-                "tagger_version": tagger.version, "product_id": product_id, "inputs": used,
+                "tagger_version": tagger.version, "product_id": product_id, "inputs": used, "views": views,
                 "timings_ms": {"total": round((time.perf_counter() - t0) * 1000, 3)}}
 
     async def for_product(self, product_id: str, k: int) -> dict[str, Any]:
@@ -152,9 +152,8 @@ class TaggingService:
             more_views = await self._more_views(snap, row, tagger.config.max_views - 1)
         with self.metrics.stage("tags"):
             predictions = await self.run(_tags_of_row, tagger, snap.index, row, title, has_image, more_views, k)
-        body = self._body(tagger, predictions, product_id, ["title", *(["image"] if has_image else [])], t0)
-        body["views"] = (1 + len(more_views)) if has_image else 0
-        return body
+        return self._body(tagger, predictions, product_id, ["title", *(["image"] if has_image else [])],
+                          (1 + len(more_views)) if has_image else 0, t0)
 
     async def _more_views(self, snap: Snapshot, row: int, limit: int) -> np.ndarray:
         """Patch features of a product's photos after the first (at most ``limit``), made as the catalog's were.
@@ -164,10 +163,13 @@ class TaggingService:
         that cannot be read now (deleted, corrupt since indexing, inline bytes) is skipped with a
         warning: the product is still tagged from its title and the photos that can be read.
         """
+        no_views = np.zeros((0, 0, 0), np.float32)
+        if not snap.features_config:  # no photo CNN to make them with: nothing to read the files for
+            return no_views
         paths = [p for p in (snap.index.image_path(row, n) for n in snap.index.image_views(row)[1:]) if p is not None]
         pictures = await asyncio.to_thread(_readable_pictures, paths, limit)
-        if not pictures or not snap.features_config:
-            return np.zeros((0, 0, 0), np.float32)
+        if not pictures:
+            return no_views
         with self.metrics.stage("features"):
             views = await self.run(snap.engine.photo_features, pictures, snap.features_config)
         # Stored patches are float16 (the feature store's precision): round these the same way, so a
@@ -189,9 +191,8 @@ class TaggingService:
                 views = await self.run(snap.engine.photo_features, [picture], snap.features_config)
         with self.metrics.stage("tags"):
             predictions = await self.run(_tags_of_input, tagger, title, views, k)
-        body = self._body(tagger, predictions, None, [*(["title"] if title else []), *(["image"] if image else [])], t0)
-        body["views"] = 0 if views is None else len(views)
-        return body
+        return self._body(tagger, predictions, None, [*(["title"] if title else []), *(["image"] if image else [])],
+                          0 if views is None else len(views), t0)
 
 
 def _readable_pictures(paths: list[Path], limit: int) -> list[Image.Image]:

@@ -29,6 +29,11 @@ class ApiIndex:
     checkpoint: Path
     index_dir: Path
 
+    @property
+    def features(self) -> Path:
+        """The patch features the indexer extracted into the index directory's cache."""
+        return next((self.index_dir / "cache").glob("features-*"))
+
     def copy(self, dest: Path) -> ApiIndex:
         """A private copy of the index directory (same catalog and checkpoint)."""
         shutil.copytree(self.index_dir, dest)
@@ -48,19 +53,22 @@ def api_index(tmp_path_factory: pytest.TempPathFactory) -> ApiIndex:
     return ApiIndex(root / "data", catalog, checkpoint, root / "idx")
 
 
-@pytest.fixture(scope="session")
-def api_tagger(api_index: ApiIndex, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny tagger trained (seconds) on the api index's catalog, its cached features and checkpoint."""
+def train_tiny_tagger(index: ApiIndex, out: Path, epochs: int = 6, **head: object) -> Path:
+    """A tiny tagger trained (seconds) on the index's catalog, its cached features and checkpoint."""
     from pipelines.tags import TagTrainConfig, train_tagger
     from tests.tagging_fixtures import one_torch_thread
 
-    features = next((api_index.index_dir / "cache").glob("features-*"))
-    out = tmp_path_factory.mktemp("tagger") / "tagger-tiny"
     with one_torch_thread():
-        train_tagger(TagTrainConfig(catalog=api_index.catalog, features=features, checkpoint=api_index.checkpoint, out=out,
-                                    epochs=6, batch_size=8, lr=3e-3, seed=0, progress=False,
-                                    head={"attention_dim": 32, "mfb_o": 64, "mfb_k": 3}), echo=lambda _: None)
+        train_tagger(TagTrainConfig(catalog=index.catalog, features=index.features, checkpoint=index.checkpoint, out=out,
+                                    epochs=epochs, batch_size=8, lr=3e-3, seed=0, progress=False,
+                                    head={"attention_dim": 32, "mfb_o": 64, "mfb_k": 3, **head}), echo=lambda _: None)
     return out
+
+
+@pytest.fixture(scope="session")
+def api_tagger(api_index: ApiIndex, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny one-view tagger on the api index."""
+    return train_tiny_tagger(api_index, tmp_path_factory.mktemp("tagger") / "tagger-tiny")
 
 
 def api_settings(index: ApiIndex, **overrides: object) -> Settings:

@@ -73,7 +73,7 @@ def test_category_filter_is_exact(client):
 def _log_odds_of_hits(api_index, query: str, hits: list[dict]) -> list[float | None]:
     """The cross encoder's log-odds of each hit's stored first view (None: no readable image)."""
     model = FashionBert.from_pretrained(api_index.checkpoint)
-    store = FeatureStore(next((api_index.index_dir / "cache").glob("features-*")))
+    store = FeatureStore(api_index.features)
     out: list[float | None] = []
     for hit in hits:
         feats = store.views(hit["product_id"], 1)
@@ -132,7 +132,7 @@ def test_rerank_scores_are_the_cross_encoder_on_the_first_view(client, api_index
     """The re-ranker reads the version's patch shards: they must be the catalog's first-view features."""
     body = _search(client, query="white sneakers", k=6, rerank_depth=6).json()
     model = FashionBert.from_pretrained(api_index.checkpoint)
-    store = FeatureStore(next((api_index.index_dir / "cache").glob("features-*")))
+    store = FeatureStore(api_index.features)
     for hit in body["results"]:
         feats = store.views(hit["product_id"], 1)
         assert (feats is None) == (hit["rerank_score"] is None)  # no readable image: not re-ranked
@@ -150,7 +150,7 @@ def test_photo_search_ranks_as_the_indexers_own_features_say(client, api_index):
     data = _image_bytes(api_index, pid)
     body = _search(client, image=base64.b64encode(data).decode(), k=3).json()
     model = FashionBert.from_pretrained(api_index.checkpoint)
-    store = FeatureStore(next((api_index.index_dir / "cache").glob("features-*")))
+    store = FeatureStore(api_index.features)
     query = model.encode_images(store.views(pid, 1).astype(np.float32))[0]
     shards = EmbeddingShards.load(IndexDir(api_index.index_dir).current_path())
     scores = shards.vectors["image"] @ query
@@ -248,7 +248,7 @@ def test_a_corrupt_first_photo_is_skipped_everywhere(client, api_index):
     assert client.get(f"/images/{pid}/1").content == _image_bytes(api_index, pid, 1)
     att = client.get(f"/api/v1/products/{pid}/attention", params={"query": "dress"}).json()
     assert att["image_url"] == f"/images/{pid}/1"
-    store = FeatureStore(next((api_index.index_dir / "cache").glob("features-*")))
+    store = FeatureStore(api_index.features)
     assert store.image_indices(pid)[0] == 1  # the re-ranker's view (emb/patches) is that photo's features
 
 

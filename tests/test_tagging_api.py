@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 from fashionbert.tagging import Tagger
 from indexer.feature_store import FeatureStore
 from search_api.app import create_app
-from tests.api_fixtures import ApiIndex, api_index, api_settings, api_tagger, client  # noqa: F401 - fixtures
+from tests.api_fixtures import ApiIndex, api_index, api_settings, api_tagger, client, train_tiny_tagger  # noqa: F401 - fixtures
 from tests.tagging_fixtures import one_torch_thread
 
 
@@ -45,7 +45,7 @@ def test_tags_of_an_indexed_product_use_its_title_and_stored_first_view(tag_clie
     assert body["tagger"] == "tagger-tiny" and len(body["tagger_version"]) == 12
     assert body["product_id"] == row["product_id"] and body["inputs"] == ["title", "image"] and body["views"] == 1
     tagger = Tagger.from_pretrained(api_tagger)
-    store = FeatureStore(next((api_index.index_dir / "cache").glob("features-*")))
+    store = FeatureStore(api_index.features)
     expected = tagger.predict([row["title"]], [store.views(row["product_id"], 1)], k=4)[0]
     assert [t["tag"] for t in body["tags"]] == [t for t, _ in expected]
     assert [t["score"] for t in body["tags"]] == pytest.approx([s for _, s in expected], abs=1e-5)
@@ -60,21 +60,13 @@ def test_a_product_without_a_usable_photo_is_tagged_from_its_title(tag_client, a
 @pytest.fixture(scope="module")
 def multi_view_tagger(api_index: ApiIndex, tmp_path_factory: pytest.TempPathFactory):  # noqa: F811
     """A tiny tagger that reads three photos per product (TaggerConfig.max_views = 3)."""
-    from pipelines.tags import TagTrainConfig, train_tagger
-
-    features = next((api_index.index_dir / "cache").glob("features-*"))
-    out = tmp_path_factory.mktemp("tagger3") / "tagger-3views"
-    train_tagger(TagTrainConfig(catalog=api_index.catalog, features=features, checkpoint=api_index.checkpoint, out=out,
-                                epochs=3, batch_size=8, lr=3e-3, seed=0, progress=False,
-                                head={"attention_dim": 32, "mfb_o": 64, "mfb_k": 3, "max_views": 3}), echo=lambda _: None)
-    return out
+    return train_tiny_tagger(api_index, tmp_path_factory.mktemp("tagger3") / "tagger-3views", epochs=3, max_views=3)
 
 
 def test_a_multi_view_tagger_is_served_every_view_it_was_trained_on(api_index, multi_view_tagger):  # noqa: F811
     """By id, the product's first photo comes from the index, the next ones through the photo CNN: the tags
     equal the tagger's offline prediction on the catalog's three extracted views, and differ from one view's."""
-    features = next((api_index.index_dir / "cache").glob("features-*"))
-    store = FeatureStore(features)
+    store = FeatureStore(api_index.features)
     tagger = Tagger.from_pretrained(multi_view_tagger)
     rows = _rows(api_index)
     with TestClient(create_app(api_settings(api_index, tagger=multi_view_tagger)), raise_server_exceptions=False) as c:
@@ -94,7 +86,7 @@ def test_a_multi_view_tagger_is_served_every_view_it_was_trained_on(api_index, m
 
 def test_a_photo_unreadable_since_indexing_is_skipped_not_fatal(api_index, multi_view_tagger):  # noqa: F811
     row = _rows(api_index)[9]
-    store = FeatureStore(next((api_index.index_dir / "cache").glob("features-*")))
+    store = FeatureStore(api_index.features)
     stored = store.views(row["product_id"])
     assert len(stored) >= 3
     second = api_index.data / row["images"][1]
