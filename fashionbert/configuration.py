@@ -51,7 +51,6 @@ class FashionBertConfig(BertConfig):
         cls_token_id: int = 2,
         sep_token_id: int = 3,
         tia_match_features: bool = False,
-        tia_dual_features: bool = False,
         **kwargs: Any,
     ):
         kwargs.setdefault("type_vocab_size", 3)
@@ -72,11 +71,6 @@ class FashionBertConfig(BertConfig):
         # the ITC space (docs/design.md item 35). False keeps the pooler-only head of checkpoints
         # saved before it existed; named configs switch it on.
         self.tia_match_features = tia_match_features
-        # TIA also reads the single-side (dual-encoder) text and image vectors' element-wise
-        # product, so the joint pass only has to learn what the dual encoder misses
-        # (docs/design.md item 52). False keeps the checkpoints saved before it; named configs
-        # switch it on.
-        self.tia_dual_features = tia_dual_features
 
 
 def named_config(name: str, tokenizer: Any, patch_feature_dim: int = 1280, **overrides: Any) -> FashionBertConfig:
@@ -90,7 +84,6 @@ def named_config(name: str, tokenizer: Any, patch_feature_dim: int = 1280, **ove
         "cls_token_id": tokenizer.cls_token_id,
         "sep_token_id": tokenizer.sep_token_id,
         "tia_match_features": True,
-        "tia_dual_features": True,
         **overrides,
     }
     return FashionBertConfig(patch_feature_dim=patch_feature_dim, **fields)

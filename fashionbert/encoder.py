@@ -52,11 +52,6 @@ class FashionBert:
         return self.model.config
 
     @property
-    def reads_dual_vectors(self) -> bool:
-        """Whether TIA also reads the single-side vectors (``match_logits`` then encodes texts and images alone too)."""
-        return self.model.tia_dual_head is not None
-
-    @property
     def logit_scale(self) -> float:
         """ITC's learnt inverse temperature: how many nats a unit of cosine is worth (the fused re-rank score's scale)."""
         return float(self.model.temperature_scale().detach())
@@ -105,7 +100,6 @@ class FashionBert:
         fields.update(
             type_vocab_size=3, patch_feature_dim=patch_feature_dim, pad_token_id=tok.pad_token_id,
             cls_token_id=tok.cls_token_id, sep_token_id=tok.sep_token_id, tia_match_features=True,
-            tia_dual_features=True,
         )
         fields.update(config_overrides)
         model = FashionBertModel(FashionBertConfig(**fields))
@@ -174,43 +168,19 @@ class FashionBert:
 
     @torch.inference_mode()
     def match_logits(self, texts: Sequence[str], patch_features: np.ndarray | torch.Tensor, batch_size: int = 128,
-                     segment: str = "T", image_vectors: np.ndarray | None = None) -> np.ndarray:
+                     segment: str = "T") -> np.ndarray:
         """TIA log-odds (match logit minus no-match logit) of each aligned (text, image) pair.
 
         Why log-odds beside the probability: a confident float32 softmax rounds to exactly 1.0
         once the margin passes ~17, and a ranking by probability then ties every confident
         candidate; the log-odds keep their order (and add to other log-domain scores).
-
-        A model whose TIA reads the dual encoder's vectors (``tia_dual_features``) also encodes
-        each distinct text alone and each image alone; ``image_vectors`` (``encode_images`` of
-        the same rows) lets a caller that scores the same images many times - the random-100
-        protocol - encode them once.
         """
         self._check_pairs(texts, patch_features)
-        dual = self._dual_vectors(texts, patch_features, segment, image_vectors)
         result = self._batched(
             len(texts), batch_size,
-            lambda s: self.model.tia_logits(
-                self._joint(texts, patch_features, s, segment), dual=None if dual is None else (dual[0][s], dual[1][s])
-            ).float().diff(dim=-1)[:, 0],
+            lambda s: self.model.tia_logits(self._joint(texts, patch_features, s, segment)).float().diff(dim=-1)[:, 0],
         )
         return result.numpy() if result is not None else np.zeros(0, np.float32)
-
-    def _dual_vectors(self, texts: Sequence[str], patch_features: np.ndarray | torch.Tensor, segment: str,
-                      image_vectors: np.ndarray | None) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """Single-side ITC vectors of each pair's text and image, on the device (None: TIA does not read them)."""
-        if not self.reads_dual_vectors:
-            return None
-        distinct = list(dict.fromkeys(texts))
-        text_vectors = self.encode_text(distinct, segment)
-        where = {t: i for i, t in enumerate(distinct)}
-        text = torch.from_numpy(text_vectors[[where[t] for t in texts]])
-        if image_vectors is None:
-            image_vectors = self.encode_images(patch_features)
-        elif len(image_vectors) != len(texts):
-            raise ValueError(f"{len(image_vectors)} image vectors for {len(texts)} pairs")
-        image = torch.as_tensor(np.asarray(image_vectors, dtype=np.float32))
-        return text.to(self.device), image.to(self.device)
 
     def score_pairs(self, texts: Sequence[str], patch_features: np.ndarray | torch.Tensor, batch_size: int = 128, segment: str = "T") -> np.ndarray:
         """TIA probability that each text matches its image (the cross-encoder re-ranker): sigmoid of the log-odds."""

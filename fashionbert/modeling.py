@@ -11,8 +11,7 @@ unchanged into ``bert.*``.
 Heads: MLM (tied to the word embeddings), MPM (bias-free linear back to the
 feature space), TIA (pooler -> 2 logits, plus - with ``tia_match_features`` -
 a linear read of the product of the joint pass's text and image means in the
-ITC space, and - with ``tia_dual_features`` - a linear read of the product of
-the single-side ITC vectors, the dual encoder's own evidence), ITC (mean-pooled single-side encoding -> projection,
+ITC space), ITC (mean-pooled single-side encoding -> projection,
 L2-normalised, learnable temperature).
 """
 
@@ -61,7 +60,6 @@ class FashionBertModel(BertPreTrainedModel):
         self.mpm_head = nn.Linear(config.hidden_size, config.patch_feature_dim, bias=False)
         self.tia_head = nn.Linear(config.hidden_size, 2)
         self.tia_match_head = nn.Linear(config.itc_dim, 2) if config.tia_match_features else None
-        self.tia_dual_head = nn.Linear(config.itc_dim, 2) if getattr(config, "tia_dual_features", False) else None
         self.itc_projection = nn.Linear(config.hidden_size, config.itc_dim)
         # CLIP's initial temperature 0.07, learnable in log space (clamped when used).
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
@@ -146,8 +144,7 @@ class FashionBertModel(BertPreTrainedModel):
     def mpm_logits(self, patch_hidden: torch.Tensor) -> torch.Tensor:
         return self.mpm_head(patch_hidden)
 
-    def tia_logits(self, output: FashionBertOutput, rows: torch.Tensor | None = None,
-                   dual: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    def tia_logits(self, output: FashionBertOutput, rows: torch.Tensor | None = None) -> torch.Tensor:
         """[no match, match] logits of joint passes (``rows`` selects some of them).
 
         Why the match features: a pooler-only head learns nothing until the trunk
@@ -156,25 +153,11 @@ class FashionBertModel(BertPreTrainedModel):
         segments' means in the ITC space - the space ITC aligns early - gives the
         head a direct path to "do the words and the picture agree", while the
         pooler keeps the cross-attention's finer evidence.
-
-        Why ``dual`` (the single-side unit ITC vectors of each joint row's text and image,
-        required when ``tia_dual_features`` is on): the dual encoder ranked random-100 better
-        than the cross encoder on every run (436-445 against 381-419 SumR), and a score fusion
-        of the two separately trained scorers gained nothing over it. Read inside TIA and
-        trained with it, the joint pass's heads learn the residual - what the dual encoder
-        gets wrong - instead of re-learning what it already knows (docs/design.md item 52).
-        The vectors come in detached: ITC alone trains the towers, so the dual encoder's
-        figures stay its own.
         """
         pooled = output.pooler_output if rows is None else output.pooler_output[rows]
         logits = self.tia_head(pooled)
         if self.tia_match_head is not None:
             logits = logits + self.tia_match_head(self._segment_agreement(output, rows))
-        if self.tia_dual_head is not None:
-            if dual is None:
-                raise ValueError("this model's TIA reads the single-side ITC vectors: pass dual=(text, image)")
-            text, image = (v.detach() if rows is None else v.detach()[rows] for v in dual)
-            logits = logits + self.tia_dual_head((text * image * text.shape[-1]).to(self.tia_dual_head.weight.dtype))
         return logits
 
     def _segment_agreement(self, output: FashionBertOutput, rows: torch.Tensor | None) -> torch.Tensor:

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 import threading
-from collections import OrderedDict
-from collections.abc import Hashable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -22,10 +20,6 @@ from indexer.features import FeatureJobConfig, build_extractor
 from indexer.job import load_checkpoint
 
 
-# Candidate photos whose image-alone vectors a dual-reading re-ranker keeps (1 KiB each at d=256).
-IMAGE_VECTOR_CACHE = 20_000
-
-
 class Engine:
     """Encoder + photo feature extractor of one checkpoint."""
 
@@ -36,7 +30,6 @@ class Engine:
         self.device = device
         self._extractors: dict[str, torch.nn.Module] = {}
         self._lock = threading.Lock()
-        self._image_vectors: OrderedDict[Hashable, np.ndarray] = OrderedDict()
 
     @classmethod
     def load(cls, checkpoint: str | Path, device: str = "cpu") -> Engine:
@@ -72,36 +65,11 @@ class Engine:
         the same shape as the joint product vectors of the index."""
         return self.model.encode_products([text], patches[:1], segment="Q")
 
-    def rerank(self, text: str, patches: np.ndarray, keys: Sequence[Hashable] | None = None) -> np.ndarray:
-        """Cross-encoder (TIA) match log-odds of the query against each candidate's photo.
-
-        A cross encoder that reads the dual encoder's vectors (``reads_dual_vectors``) needs each
-        candidate photo's image-alone vector too: ``keys`` (one per candidate, e.g. the index
-        version and row) let those be encoded once and reused by later queries, so a re-rank
-        costs about one joint pass per candidate, as before.
-        """
+    def rerank(self, text: str, patches: np.ndarray) -> np.ndarray:
+        """Cross-encoder (TIA) match log-odds of the query against each candidate's photo."""
         if len(patches) == 0:
             return np.zeros(0, np.float32)
-        vectors = self._cached_image_vectors(patches, keys) if keys is not None and self.model.reads_dual_vectors else None
-        return self.model.match_logits([text] * len(patches), patches, segment="Q", image_vectors=vectors)
-
-    def _cached_image_vectors(self, patches: np.ndarray, keys: Sequence[Hashable]) -> np.ndarray:
-        """``encode_images`` of each candidate, from an LRU of the last ``IMAGE_VECTOR_CACHE`` photos."""
-        if len(keys) != len(patches):
-            raise ValueError(f"{len(keys)} keys for {len(patches)} photos")
-        with self._lock:
-            missing = [i for i, k in enumerate(keys) if k not in self._image_vectors]
-        fresh = self.model.encode_images(patches[missing]) if missing else None
-        with self._lock:
-            for j, i in enumerate(missing):
-                self._image_vectors[keys[i]] = fresh[j]
-            out = []
-            for k in keys:
-                self._image_vectors.move_to_end(k)
-                out.append(self._image_vectors[k])
-            while len(self._image_vectors) > IMAGE_VECTOR_CACHE:
-                self._image_vectors.popitem(last=False)
-        return np.stack(out)
+        return self.model.match_logits([text] * len(patches), patches, segment="Q")
 
     @property
     def logit_scale(self) -> float:

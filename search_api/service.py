@@ -357,7 +357,7 @@ class SearchService:
 
 
 def _rerank_rows(engine, index: LoadedIndex, query: str, rows: np.ndarray) -> np.ndarray:
-    return engine.rerank(query, index.patches(rows), keys=[(str(index.path), int(r)) for r in rows])
+    return engine.rerank(query, index.patches(rows))
 
 
 def _attention_of_row(engine, index: LoadedIndex, text: str, row: int) -> np.ndarray:

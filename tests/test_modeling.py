@@ -52,11 +52,7 @@ def test_joint_sequence_layout_and_heads(fb):
     assert model.mlm_logits(out.last_hidden_state[:, :t]).shape == (2, t, model.config.vocab_size)
     assert model.mpm_logits(out.last_hidden_state[:, t:]).shape == (2, 64, 48)
     assert model.mpm_head.bias is None
-    dual = (torch.from_numpy(fb.encode_text(TEXTS[:2], "T")), torch.from_numpy(fb.encode_images(feats(2))))
-    assert model.tia_logits(out, dual=dual).shape == (2, 2)
-    assert model.tia_logits(out, torch.tensor([True, False]), dual).shape == (1, 2)
-    with pytest.raises(ValueError, match="single-side"):
-        model.tia_logits(out)
+    assert model.tia_logits(out).shape == (2, 2) and model.tia_logits(out, torch.tensor([True, False])).shape == (1, 2)
     assert model.cls.predictions.decoder.weight is model.bert.embeddings.word_embeddings.weight  # tied
 
 
@@ -67,15 +63,13 @@ def test_tia_reads_the_agreement_of_the_two_segments_in_the_itc_space(fb, tokeni
     batch = fb.tokenize(TEXTS[:3], "T")
     out = model(**batch, patch_features=torch.from_numpy(feats(3)).float())
     t, d = out.text_length, model.config.itc_dim
-    heads = (*model.tia_head.parameters(), *model.tia_match_head.parameters(), *model.tia_dual_head.parameters())
-    dual = (torch.from_numpy(fb.encode_text(TEXTS[:3], "T")), torch.from_numpy(fb.encode_images(feats(3))))
     with torch.no_grad():
-        saved = [p.clone() for p in heads]
-        for p in heads:
+        saved = [p.clone() for p in (*model.tia_head.parameters(), *model.tia_match_head.parameters())]
+        for p in (*model.tia_head.parameters(), *model.tia_match_head.parameters()):
             p.zero_()
         model.tia_match_head.weight[1] = 1.0
-        logits = model.tia_logits(out, dual=dual)
-        for p, v in zip(heads, saved):
+        logits = model.tia_logits(out)
+        for p, v in zip((*model.tia_head.parameters(), *model.tia_match_head.parameters()), saved):
             p.copy_(v)
 
         def side(h, m):
@@ -87,47 +81,9 @@ def test_tia_reads_the_agreement_of_the_two_segments_in_the_itc_space(fb, tokeni
     torch.testing.assert_close(logits[:, 0], torch.zeros(3))
     torch.testing.assert_close(logits[:, 1], d * cosine, rtol=1e-4, atol=1e-4)
     # A config from before the match features (the default when config.json lacks the key) has the pooler head only.
-    old = FashionBertModel(FashionBertConfig(**{**model.config.to_dict(), "tia_match_features": False,
-                                                "tia_dual_features": False}))
+    old = FashionBertModel(FashionBertConfig(**{**model.config.to_dict(), "tia_match_features": False}))
     assert old.tia_match_head is None and old.tia_logits(old(**batch, patch_features=torch.zeros(3, 64, 48))).shape == (3, 2)
     assert FashionBertConfig().tia_match_features is False
-
-
-def test_tia_reads_the_dual_encoders_vectors_detached(fb):
-    """With the joint-pass heads silenced, the match logit is d x the single-side cosine, and no
-    gradient reaches the towers through it; match_logits composes it from encode_text/encode_images."""
-    model = fb.model.eval()
-    assert model.config.tia_dual_features and fb.reads_dual_vectors
-    batch = fb.tokenize(TEXTS[:3], "T")
-    images = feats(3, seed=4)
-    out = model(**batch, patch_features=torch.from_numpy(images).float())
-    d = model.config.itc_dim
-    text = torch.from_numpy(fb.encode_text(TEXTS[:3], "T")).requires_grad_()
-    image = torch.from_numpy(fb.encode_images(images)).requires_grad_()
-    heads = (*model.tia_head.parameters(), *model.tia_match_head.parameters(), *model.tia_dual_head.parameters())
-    with torch.no_grad():
-        saved = [p.clone() for p in heads]
-        for p in heads:
-            p.zero_()
-        model.tia_dual_head.weight[1] = 1.0
-    try:
-        logits = model.tia_logits(out, dual=(text, image))
-        logits.sum().backward()
-        silenced = fb.match_logits(TEXTS[:3], images)
-    finally:
-        with torch.no_grad():
-            for p, v in zip(heads, saved):
-                p.copy_(v)
-    cosine = (text * image).sum(-1).detach()
-    torch.testing.assert_close(logits[:, 1].detach(), d * cosine, rtol=1e-4, atol=1e-4)
-    torch.testing.assert_close(torch.from_numpy(silenced), d * cosine, rtol=1e-4, atol=1e-4)
-    assert text.grad is None and image.grad is None  # detached: ITC alone trains the towers
-    # The vectors a caller passes in give the same scores as the ones match_logits computes.
-    pairs = [TEXTS[0]] * 3
-    np.testing.assert_allclose(fb.match_logits(pairs, images, image_vectors=fb.encode_images(images)),
-                               fb.match_logits(pairs, images), rtol=1e-5, atol=1e-5)
-    with pytest.raises(ValueError, match="image vectors"):
-        fb.match_logits(pairs, images, image_vectors=fb.encode_images(images[:2]))
 
 
 def test_patch_mask_hides_the_image(fb):

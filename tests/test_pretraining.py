@@ -104,10 +104,6 @@ def test_collator_builds_negatives_and_masks_only_matched_pairs(data, corpus):
     masked_rows = (batch["mlm_labels"] != IGNORE_INDEX).any(1)
     assert masked_rows[~matched].sum() == 0  # MLM is scored on matched pairs only
     assert set(batch["token_type_ids"][:, 0].tolist()) == {SEGMENT_T, SEGMENT_Q}
-    # each joint row names the record whose text and (uncorrupted) image it holds: what TIA's dual read indexes
-    assert torch.equal(batch["joint_text_rows"], torch.arange(n))
-    assert torch.equal(batch["image_features"][batch["joint_image_rows"]], batch["mpm_targets"])
-    assert torch.equal(batch["joint_image_rows"] != torch.arange(n), tia == 0)
     again = collate(indices, step=0)
     assert all(torch.equal(batch[k], again[k]) for k in batch)
     assert not torch.equal(collate(indices, step=1)["zeroed_patches"], batch["zeroed_patches"])
@@ -163,8 +159,6 @@ def test_grid_layout_ranks_every_text_against_every_image_of_its_group(data, cor
             assert all(torch.equal(batch["input_ids"][rows[a, 0]], batch["input_ids"][rows[a, b]]) for b in range(3))
             assert all(torch.equal(batch["patch_features"][rows[0, a]], batch["patch_features"][rows[b, a]]) for b in range(3))
             assert torch.equal(batch["mpm_targets"][rows[a, a]], batch["image_features"][group[a]])
-            for b in range(3):  # the row's text and image records, for TIA's dual read
-                assert batch["joint_text_rows"][rows[a, b]] == group[a] and batch["joint_image_rows"][rows[a, b]] == group[b]
         scored = (batch["mlm_labels"][rows.flatten()] != IGNORE_INDEX).any(1).reshape(3, 3)
         assert not scored[~eye].any() and not batch["mpm_mask"][rows[~eye]].any()  # MLM/MPM on matched rows only
     assert (batch["zeroed_patches"].sum(1) == 6).all()
@@ -224,12 +218,6 @@ def test_task_returns_named_losses_and_each_can_be_switched_off(data, corpus):
     assert model.patch_projection.weight.grad is not None and model.logit_scale.grad is not None
     only, _ = PretrainingTask(model, ["itc", "mpm"])(batch)
     assert set(only) == {"itc", "mpm"}
-    # TIA without ITC still reads the single-side vectors (computed for it alone); no ITC loss comes back
-    model.zero_grad()
-    tia_only, _ = PretrainingTask(model, ["tia"])(batch)
-    assert set(tia_only) == {"tia"}
-    tia_only["tia"].backward()
-    assert model.tia_dual_head.weight.grad.abs().sum() > 0
     with pytest.raises(ValueError):
         PretrainingTask(model, ["nsp"])
 
@@ -245,13 +233,11 @@ def test_hard_negatives_follow_the_itc_similarity(data, corpus):
     zeroed[:, 0] = True
     batch = {"patch_features": image_features.clone(), "image_features": image_features, "zeroed_patches": zeroed,
              "tia_labels": torch.tensor([1, 0, 0, 0]), "itc_same_text": eye, "itc_same_product": eye,
-             "sub_category_ids": torch.tensor([0, 0, 1, 1]), "negative_seed": torch.tensor(5),
-             "joint_image_rows": torch.tensor([0, 2, 3, 1])}
+             "sub_category_ids": torch.tensor([0, 0, 1, 1]), "negative_seed": torch.tensor(5)}
     text = torch.eye(4, 8)
     image = torch.eye(4, 8)[[3, 0, 1, 2]]  # text 1 ~ image 2, text 2 ~ image 3, text 3 ~ image 0
     task = PretrainingTask(model, tia_negatives="itc-hard")
-    patches, image_rows, same_sub = task._hard_negatives(batch, text, image)
-    assert image_rows.tolist() == [0, 2, 3, 0]  # the mined images are what a dual-reading TIA reads
+    patches, same_sub = task._hard_negatives(batch, text, image)
     assert torch.equal(patches[0], image_features[0])  # the positive row is untouched
     for row, mined in ((1, 2), (2, 3), (3, 0)):
         assert torch.all(patches[row, 1:] == mined + 1) and torch.all(patches[row, 0] == 0)  # its zeroed patch stays zero

@@ -99,34 +99,3 @@ def test_fusion_breaks_the_cross_encoders_ties_with_the_cosine() -> None:
     assert model.calls == calls  # the same pairs again: the memo answered, the cross encoder was not re-run
     cross(["a title 1"], np.array([0]))
     assert model.calls == calls + 1  # other pairs are scored afresh
-
-
-def test_engine_reuses_each_candidate_photos_image_vector(tmp_path, monkeypatch) -> None:
-    """A dual-reading re-ranker encodes a candidate's photo alone once per (version, row) key."""
-    import torch
-
-    import search_api.engine as engine_module
-    from fashionbert.configuration import named_config
-    from fashionbert.encoder import FashionBert
-    from fashionbert.modeling import FashionBertModel
-    from fashionbert.text import train_tokenizer
-    from tests.test_modeling import TEXTS, TINY, feats
-
-    tokenizer = train_tokenizer(TEXTS * 20, vocab_size=300)
-    torch.manual_seed(0)
-    fb = FashionBert(FashionBertModel(named_config("tiny", tokenizer, patch_feature_dim=48, **TINY)), tokenizer)
-    with torch.no_grad():  # make the dual read count, as a trained head does
-        fb.model.tia_dual_head.weight.normal_(0, 1.0)
-    engine = engine_module.Engine(fb, tmp_path, "sha", fb.device)
-    photos, others = feats(3, seed=1), feats(3, seed=2)
-    keys = [("v0001", row) for row in range(3)]
-    first = engine.rerank("red dress", photos, keys=keys)
-    np.testing.assert_allclose(first, engine.rerank("red dress", photos), rtol=1e-5, atol=1e-5)
-    # Same keys, other pixels: the stored vectors are read (keys must name the photo), so the
-    # scores differ from encoding the new photos afresh.
-    assert not np.allclose(engine.rerank("red dress", others, keys=keys), engine.rerank("red dress", others), atol=1e-3)
-    monkeypatch.setattr(engine_module, "IMAGE_VECTOR_CACHE", 2)
-    engine.rerank("red dress", photos, keys=[("v0002", row) for row in range(3)])
-    assert list(engine._image_vectors) == [("v0002", 1), ("v0002", 2)]  # least recently used dropped
-    with pytest.raises(ValueError, match="keys"):
-        engine.rerank("red dress", photos, keys=keys[:2])

@@ -393,20 +393,13 @@ class MemoisedPairScorer:
 def cross_encoder_pair_scorer(
     model: Any, features: np.ndarray, batch_size: int = 404
 ) -> Callable[[list[str], np.ndarray], np.ndarray]:
-    """The cross encoder's match log-odds (``model.match_logits``) as a pair scorer; threshold 0.
-
-    A cross encoder that reads the dual encoder's vectors (``reads_dual_vectors``) gets every
-    image's vector computed once here, not once per candidate group it appears in.
-    """
-    image_vectors = model.encode_images(features) if getattr(model, "reads_dual_vectors", False) else None
+    """The cross encoder's match log-odds (``model.match_logits``) as a pair scorer; threshold 0."""
 
     def score(texts: list[str], rows: np.ndarray) -> np.ndarray:
         out = np.empty(len(texts), dtype=np.float64)
         for lo in range(0, len(texts), batch_size):
             hi = min(lo + batch_size, len(texts))
-            extra = {} if image_vectors is None else {"image_vectors": image_vectors[np.asarray(rows[lo:hi])]}
-            logits = np.asarray(model.match_logits(texts[lo:hi], _gather(features, rows[lo:hi]), **extra),
-                                dtype=np.float64)
+            logits = np.asarray(model.match_logits(texts[lo:hi], _gather(features, rows[lo:hi])), dtype=np.float64)
             if logits.size != hi - lo:
                 raise ValueError(f"match_logits returned {logits.size} scores for {hi - lo} pairs")
             out[lo:hi] = logits.reshape(-1)

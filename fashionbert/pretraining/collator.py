@@ -19,9 +19,6 @@ pass (MLM, MPM, TIA) is laid out in one of two ways:
   candidates of a ranking differ only by what is ranked. The joint pass keeps
   the batch's size (as many G x G groups as fit), so a step costs the same.
 
-Either way ``joint_text_rows`` / ``joint_image_rows`` say which record's text and
-image each joint row holds, so TIA can read their single-side (ITC) vectors.
-
 Everything random is drawn from a generator seeded by (seed, step), so a
 resumed run sees exactly the batches an uninterrupted run would.
 """
@@ -197,8 +194,6 @@ class PretrainCollator:
         zeroed = self._zeroed(n, np.flatnonzero(~clean), rng)
         patches[zeroed] = 0.0
         joint = self._joint_tensors(masked, labels, segments, patches, feats[image_rows], zeroed, tia)
-        joint["joint_text_rows"] = torch.arange(n)
-        joint["joint_image_rows"] = torch.from_numpy(image_rows)
         joint["tia_rows"] = torch.from_numpy(clean if self.clean_fraction > 0 else np.ones(n, dtype=bool))
         return joint
 
@@ -239,11 +234,10 @@ class PretrainCollator:
         members = sorted({i for g in groups for i in g})
         masks = {i: self.masker.mask_encoded(*encoded[i], rng) for i in members}
         zeroed_of = dict(zip(members, self._zeroed(len(members), np.arange(len(members)), rng)))
-        masked, labels, row_segments, text_of, image_of, tia = [], [], [], [], [], []
+        masked, labels, row_segments, image_of, tia = [], [], [], [], []
         for group in groups:
             for a in group:
                 for b in group:
-                    text_of.append(a)
                     masked.append(masks[a][0])
                     labels.append(masks[a][1] if a == b else [IGNORE_INDEX] * len(masks[a][1]))
                     row_segments.append(segments[a])
@@ -255,8 +249,6 @@ class PretrainCollator:
         joint = self._joint_tensors(masked, labels, row_segments, patches, feats[image_of], zeroed,
                                     np.asarray(tia, dtype=np.int64))
         size = len(groups[0])
-        joint["joint_text_rows"] = torch.tensor(text_of, dtype=torch.long)
-        joint["joint_image_rows"] = torch.tensor(image_of, dtype=torch.long)
         joint["tia_rows"] = torch.ones(len(tia), dtype=torch.bool)
         joint["tia_grid"] = torch.arange(len(tia)).reshape(len(groups), size, size)
         return joint

@@ -60,15 +60,13 @@ class PretrainingTask(nn.Module):
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
         losses: dict[str, torch.Tensor] = {}
         stats: dict[str, float] = {}
-        reads_dual = "tia" in self.tasks and self.model.tia_dual_head is not None
-        single = self._single_side(batch) if "itc" in self.tasks or reads_dual else None
+        single = self._single_side(batch) if "itc" in self.tasks else None
         if {"mlm", "mpm", "tia"} & set(self.tasks):
             patches = batch["patch_features"]
             if self.tia_negatives == "itc-hard" and "tia" in self.tasks and single is not None:
                 if "tia_grid" in batch:
                     raise ValueError("tia_negatives='itc-hard' re-draws pair rows' images: use it without tia_grid")
-                patches, image_rows, stats["tia_hard_same_sub"] = self._hard_negatives(batch, *single)
-                batch = {**batch, "joint_image_rows": image_rows}
+                patches, stats["tia_hard_same_sub"] = self._hard_negatives(batch, *single)
             joint = self.model(
                 input_ids=batch["input_ids"],
                 token_type_ids=batch["token_type_ids"],
@@ -92,15 +90,14 @@ class PretrainingTask(nn.Module):
                         F.log_softmax(pred, -1), F.log_softmax(target, -1), log_target=True, reduction="batchmean"
                     )
             rows = batch["tia_rows"]
-            dual = self._joint_rows_dual(batch, *single) if reads_dual and single is not None else None
             if "tia" in self.tasks and "tia_grid" in batch:
-                losses["tia"] = self._tia_grid(self.model.tia_logits(joint, dual=dual).float(), batch, stats)
+                losses["tia"] = self._tia_grid(self.model.tia_logits(joint).float(), batch, stats)
             elif "tia" in self.tasks and rows.any():
-                logits = self.model.tia_logits(joint, rows, dual).float()
+                logits = self.model.tia_logits(joint, rows).float()
                 labels = batch["tia_labels"][rows]
                 losses["tia"] = F.cross_entropy(logits, labels)
                 stats["tia_acc"] = float((logits.argmax(-1) == labels).float().mean())
-        if single is not None and "itc" in self.tasks:
+        if single is not None:
             losses["itc"], stats["itc_acc"] = self._itc(batch, *single)
         return losses, stats
 
@@ -132,46 +129,37 @@ class PretrainingTask(nn.Module):
         return text, self.model.itc_embedding(self.model.encode_image_only(batch["image_features"]))
 
     @staticmethod
-    def _joint_rows_dual(batch: dict[str, torch.Tensor], text: torch.Tensor,
-                         image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The single-side vectors of each joint row's text and image (what a dual-reading TIA needs)."""
-        return text[batch["joint_text_rows"]], image[batch["joint_image_rows"]]
-
-    @staticmethod
     def _not_negative(batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """[n, n]: another row with the very same text, or the same product, is not a negative."""
         return batch["itc_same_text"] | batch["itc_same_product"]
 
     @torch.no_grad()
     def _hard_negatives(self, batch: dict[str, torch.Tensor], text: torch.Tensor,
-                        image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
+                        image: torch.Tensor) -> tuple[torch.Tensor, float]:
         """The joint pass's patches with every negative row's image re-drawn by ITC similarity.
 
         Drawn (not the arg-max) as in ALBEF, so a near-duplicate product does not become every
         step's negative; seeded by the batch, so a resumed run draws the same. A re-drawn image
-        keeps the row's zeroed patches. Returns the patches, each joint row's image (batch row)
-        and the share of mined images from the text's own sub-category (a diagnostic: it rises
-        as ITC learns).
+        keeps the row's zeroed patches. Returns the patches and the share of mined images
+        from the text's own sub-category (a diagnostic: it rises as ITC learns).
         """
-        patches, image_rows = batch["patch_features"], batch["joint_image_rows"]
+        patches = batch["patch_features"]
         negative = torch.nonzero(batch["tia_labels"] == 0).squeeze(1)
         if len(negative) == 0:
-            return patches, image_rows, float("nan")
+            return patches, float("nan")
         logits = (self.model.temperature_scale() * text @ image.T).float()
         logits = logits.masked_fill(self._not_negative(batch), float("-inf"))[negative]
         usable = torch.isfinite(logits).any(1)
         negative, logits = negative[usable], logits[usable]
         if len(negative) == 0:
-            return patches, image_rows, float("nan")
+            return patches, float("nan")
         generator = torch.Generator().manual_seed(int(batch["negative_seed"]))
         chosen = torch.multinomial(logits.softmax(-1).cpu(), 1, generator=generator).squeeze(1).to(patches.device)
         patches = patches.clone()
         keep = ~batch["zeroed_patches"][negative]
         patches[negative] = batch["image_features"][chosen].to(patches.dtype) * keep.unsqueeze(-1).to(patches.dtype)
-        image_rows = image_rows.clone()
-        image_rows[negative] = chosen
         same_sub = batch["sub_category_ids"][chosen] == batch["sub_category_ids"][negative]
-        return patches, image_rows, float(same_sub.float().mean())
+        return patches, float(same_sub.float().mean())
 
     def _itc(self, batch: dict[str, torch.Tensor], text: torch.Tensor, image: torch.Tensor) -> tuple[torch.Tensor, float]:
         n = len(text)
