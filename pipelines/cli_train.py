@@ -161,6 +161,8 @@ def evaluate(
     queries: Annotated[int, typer.Option(min=1, help="random-100: text and image queries each.")] = 1000,
     random100: Annotated[bool, typer.Option(help="Run the random-100 protocol (cross encoder; slow on CPU).")] = True,
     product_vectors: Annotated[str | None, typer.Option(help="Also score index product vectors: comma list of joint,i2t,t2i.")] = None,
+    photo_search: Annotated[bool, typer.Option(help="Score photo search: a held-out shopper photo of each product "
+                                                    "against the image-only vectors (photo_search.*).")] = True,
     dual_weight: Annotated[float, typer.Option(min=0.0, help="random100_fused: weight of logit_scale x cosine beside the "
                                                              "cross encoder's log-odds (the search's FASHIONBERT_RERANK_DUAL_WEIGHT).")] = DEFAULT_DUAL_WEIGHT,
     dual_weight_sweep: Annotated[str | None, typer.Option(help="random100_fused_sweep: comma list of more dual weights "
@@ -171,7 +173,8 @@ def evaluate(
     """Evaluate a checkpoint: random-100 (cross encoder) and full-catalog retrieval (dual encoder).
 
     random-100's groups are also scored by the dual encoder alone (random100_dual.*) and by the
-    search's fused score of both stages (random100_fused.*).
+    search's fused score of both stages (random100_fused.*). Photo search (photo_search.*) holds one
+    whole-garment photo of each product out and searches it against the image-only vectors.
 
     \b
     Example:
@@ -184,7 +187,7 @@ def evaluate(
 
     presets = tuple(p.strip() for p in product_vectors.split(",") if p.strip()) if product_vectors else ()
     config = EvalConfig(checkpoint, catalog, features, json_out, n_queries=queries, seed=seed, random100=random100,
-                        product_vectors=presets, dual_weight=dual_weight,
+                        product_vectors=presets, photo_search=photo_search, dual_weight=dual_weight,
                         dual_weight_sweep=parse_weights(dual_weight_sweep, "--dual-weight-sweep"))
     metrics = run_eval(config, echo=typer.echo)
     typer.echo(markdown_table(metrics))

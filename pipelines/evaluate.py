@@ -25,6 +25,7 @@ from fashionbert.reranking import DEFAULT_DUAL_WEIGHT, fuse_stage_scores
 from fashionbert.synthetic.text import title_likelihood
 from indexer.catalog import Catalog, read_catalog
 from indexer.feature_store import FeatureStore
+from pipelines.photo_search_eval import evaluate_photo_search
 
 
 @dataclass
@@ -46,6 +47,7 @@ class EvalConfig:
     dual_weight_sweep: tuple[float, ...] = ()
     ceiling: bool = True  # the Bayes ceiling of random-100, under random100_ceiling.* (catalogs that say what titles name)
     product_vectors: tuple[str, ...] = ()  # presets to score as the index serves them (joint, i2t, t2i)
+    photo_search: bool = True  # a held-out shopper photo against the image-only vectors (photo_search.*)
     device: str = "cpu"
 
 
@@ -138,6 +140,11 @@ def evaluate(cfg: EvalConfig, echo: Callable[[str], None] = print) -> dict[str, 
         from pipelines.product_vector_eval import evaluate_product_vectors
 
         products.update(evaluate_product_vectors(model, cfg.catalog, cfg.features, cfg.product_vectors, echo=echo))
+    if cfg.photo_search:
+        try:
+            products.update(evaluate_photo_search(model, cfg.catalog, cfg.features, echo=echo))
+        except ValueError as err:  # a catalog of single-photo listings has no photo to hold out
+            echo(f"eval: {err}; photo search not scored")
     metrics.update(products)
     if cfg.json_out is not None:
         extra = {"checkpoint": str(cfg.checkpoint), "catalog": str(cfg.catalog), "n_items": len(items),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -33,12 +34,18 @@ def test_synth_validate_features_end_to_end(tmp_path):
     feats = tmp_path / "features"
     r = runner.invoke(app, [
         "features", "--catalog", str(out / "catalog.parquet"), "--out", str(feats),
-        "--workers", "0", "--max-images", "1", "--shard-size", "5",
+        "--workers", "0", "--max-images", "1", "--shard-size", "5", "--cell-size", "16",
     ])
     assert r.exit_code == 0, r.output
     assert "features: 12 images" in r.output and "3 shard(s) written" in r.output
     assert "ImageNet" in r.output  # the run says which weights made the features
     assert sorted(p.name for p in feats.glob("*.npy")) == ["part-00000.npy", "part-00001.npy", "part-00002.npy"]
+    info = json.loads((feats / "features_info.json").read_text())
+    assert info["config"]["cell_size"] == 16  # photos read at 128 px; the serving side reads it back from here
+    # A different cell size is a different feature set: the same --out refuses it rather than mixing them.
+    r = runner.invoke(app, ["features", "--catalog", str(out / "catalog.parquet"), "--out", str(feats),
+                            "--workers", "0", "--max-images", "1", "--shard-size", "5"])
+    assert r.exit_code != 0 and "--overwrite" in r.output
 
 
 def test_validate_reports_bad_rows_and_strict_fails_with_one_line(make_catalog):
