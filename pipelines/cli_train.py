@@ -38,10 +38,6 @@ def pretrain(
                                                      "every image, TIA ranking in both directions.")] = 0,
     main_view_share: Annotated[float, typer.Option(min=0.0, max=1.0, help="Share of rows showing a listing's main (first) "
                                                                           "photo; the rest draw any of its views (0: every view alike).")] = 0.75,
-    joint_main_view_share: Annotated[float | None, typer.Option(
-        min=0.0, max=1.0, help="The joint rows' (TIA, MLM, MPM) own main-photo share, drawn apart from ITC's "
-                               "(1: the title's photo only, while ITC still sees the other views). "
-                               "Unset: the joint rows show ITC's view.")] = None,
     tokenizer: Annotated[Path | None, typer.Option(help="Local tokenizer folder (default: train one on the catalog).")] = None,
     bert_init: Annotated[Path | None, typer.Option(help="Local BERT folder to initialise the trunk, or a packaged one: "
                                                        "minilm (the default of --model small).")] = None,
@@ -68,7 +64,6 @@ def pretrain(
         weighting_every=weighting_every,
         tasks=tuple(t.strip() for t in tasks.split(",") if t.strip()), tokenizer=tokenizer, bert_init=bert_init,
         clean_fraction=clean_fraction, tia_negatives=tia_negatives, tia_grid=tia_grid, main_view_share=main_view_share,
-        joint_main_view_share=joint_main_view_share,
         seed=seed, device=device, save_every=save_every,
     )
     result = run_pretrain(cfg, echo=typer.echo)

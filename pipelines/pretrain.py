@@ -102,7 +102,6 @@ class PretrainConfig:
     tia_negatives: str = "sub-category"  # or "itc-hard": negatives drawn by ITC similarity (ALBEF)
     tia_grid: int = 0  # G >= 2: TIA ranks each text against G same-sub-category images and back (collator's grid)
     main_view_share: float = 0.75  # rows showing the listing's main photo; the rest draw any view (docs/design.md item 49)
-    joint_main_view_share: float | None = None  # the joint rows' own main-photo share (None: the ITC row's view; item 53)
     seed: int = 0
     device: str = "auto"
     save_every: int = 200
@@ -340,7 +339,7 @@ def pretrain(cfg: PretrainConfig, echo: Callable[[str], None] = print, progress:
         corpus, masker, max_text_length=model.config.max_text_length, num_patches=model.config.num_patches,
         mpm_probability=cfg.mpm_probability, tia_negative_fraction=cfg.tia_negative_fraction,
         query_probability=cfg.query_probability, clean_fraction=cfg.clean_fraction, tia_grid=cfg.tia_grid,
-        seed=cfg.seed, main_view_share=cfg.main_view_share, joint_main_view_share=cfg.joint_main_view_share,
+        seed=cfg.seed, main_view_share=cfg.main_view_share,
     )
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embeddings" not in n]
     no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embeddings" not in n)]

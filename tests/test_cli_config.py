@@ -207,16 +207,6 @@ def test_pretrain_config_is_a_model_size_or_a_job_file(pretrain_data, tmp_path):
     assert json.loads((run / "config.json").read_text())["hidden_size"] == 256  # NAMED_CONFIGS["tiny"]
     effective = yaml.safe_load((run / "fashionbert-pretrain.yaml").read_text())
     assert effective["model"] == "tiny" and "config" not in effective and effective["batch-size"] == 4
-    assert json.loads((run / "training_config.json").read_text())["training"]["joint_main_view_share"] is None
-
-    # the joint rows' own view share reaches the collator's config, and the record says so
-    split = tmp_path / "split"
-    r = runner.invoke(app, ["pretrain", *inputs, "--out", str(split), *fast, "--joint-main-view-share", "1"])
-    assert r.exit_code == 0, r.output
-    assert json.loads((split / "training_config.json").read_text())["training"]["joint_main_view_share"] == 1.0
-    assert yaml.safe_load((split / "fashionbert-pretrain.yaml").read_text())["joint-main-view-share"] == 1.0
-    r = runner.invoke(app, ["pretrain", *inputs, "--out", str(tmp_path / "bad"), *fast, "--joint-main-view-share", "2"])
-    assert r.exit_code == 2 and "joint-main-view-share" in r.output
 
     # a job file with `model: tiny` and the same settings is the same run: it resumes the finished state
     job = tmp_path / "job.yaml"

@@ -81,34 +81,6 @@ def test_rows_show_the_main_photo_by_preference(data, corpus):
         make_collator(data, corpus, main_view_share=1.5)
 
 
-@pytest.mark.parametrize("layout", [{}, {"tia_grid": 2}], ids=["pairs", "grid"])
-def test_joint_rows_can_show_the_main_photo_while_itc_draws_any_view(data, corpus, layout):
-    """joint_main_view_share=1: TIA/MLM/MPM rows read the main photo, ITC's image side keeps its own draws."""
-    indices = list(range(16))
-    main = torch.from_numpy(np.stack([data["store"].get(corpus.records[i].product_id, 0) for i in indices]).astype(np.float32))
-    itc_other_views = shared_joint_other_views = 0
-
-    def is_a_main_photo(target: torch.Tensor) -> bool:
-        return bool((target == main).flatten(1).all(1).any())
-
-    for step in range(4):
-        shared = make_collator(data, corpus, main_view_share=0.0, **layout)(indices, step=step)
-        split = make_collator(data, corpus, main_view_share=0.0, joint_main_view_share=1.0, **layout)(indices, step=step)
-        # the ITC side, the texts, masks and labels are drawn exactly as without the option
-        for key in ("image_features", "text_input_ids", "input_ids", "mlm_labels", "tia_labels", "zeroed_patches"):
-            assert torch.equal(shared[key], split[key]), key
-        assert torch.equal(split["joint_image_features"], main)
-        itc_other_views += int((~(split["image_features"] == main).flatten(1).all(1)).sum())
-        # every joint row's image (matched or a negative) is some record's main photo
-        assert all(is_a_main_photo(t) for t in split["mpm_targets"])
-        shared_joint_other_views += sum(not is_a_main_photo(t) for t in shared["mpm_targets"])
-    # uniform over two views: about half of the 64 ITC rows show the other one, and without the
-    # option the joint rows show those views too
-    assert itc_other_views > 16 and shared_joint_other_views > 16
-    with pytest.raises(ValueError, match="joint_main_view_share"):
-        make_collator(data, corpus, joint_main_view_share=-0.1)
-
-
 def test_collator_builds_negatives_and_masks_only_matched_pairs(data, corpus):
     collate = make_collator(data, corpus, query_probability=0.5, clean_fraction=0.5)
     indices = SubCategoryBatchSampler([r.sub_category for r in corpus.records], 16, 4, seed=0).batch(0)
@@ -270,12 +242,6 @@ def test_hard_negatives_follow_the_itc_similarity(data, corpus):
     for row, mined in ((1, 2), (2, 3), (3, 0)):
         assert torch.all(patches[row, 1:] == mined + 1) and torch.all(patches[row, 0] == 0)  # its zeroed patch stays zero
     assert same_sub == pytest.approx(1 / 3)  # only 2 -> 3 stays in its sub-category
-    # joint rows drawn apart from ITC's (joint_main_view_share): a re-drawn negative shows the chosen
-    # record's joint-row image, not its ITC view
-    joint_images = image_features * 10
-    patches, _ = task._hard_negatives({**batch, "joint_image_features": joint_images}, text, image)
-    for row, mined in ((1, 2), (2, 3), (3, 0)):
-        assert torch.all(patches[row, 1:] == 10 * (mined + 1))
     with pytest.raises(ValueError, match="itc task"):
         PretrainingTask(model, ["mlm", "tia"], tia_negatives="itc-hard")
     with pytest.raises(ValueError, match="tia_negatives"):

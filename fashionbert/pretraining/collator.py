@@ -1,11 +1,8 @@
 """One pretraining step's tensors from a batch of corpus records.
 
 Every row of the batch draws a text (a title in segment T, or a known query in
-segment Q) and an image view (the main one by preference); those feed ITC's single-side passes.
-The joint pass (MLM, MPM, TIA) shows the same view, or, with ``joint_main_view_share`` set, a
-view drawn on its own (1.0: always the main photo, which the title describes; the ITC side then
-still sees the other views, which the photo search and image-only vectors read). It is laid out
-in one of two ways:
+segment Q) and an image view (the main one by preference); those feed ITC's single-side passes. The joint
+pass (MLM, MPM, TIA) is laid out in one of two ways:
 
 * ``pairs`` (``tia_grid=0``, FashionBERT's): one joint row per record; a
   fraction of rows swap in another same-sub-category record's image (TIA label
@@ -54,7 +51,6 @@ class PretrainCollator:
         tia_grid: int = 0,
         seed: int = 0,
         main_view_share: float = 0.75,
-        joint_main_view_share: float | None = None,
     ):
         self.corpus = corpus
         self.masker = masker
@@ -69,9 +65,6 @@ class PretrainCollator:
         if not 0.0 <= main_view_share <= 1.0:
             raise ValueError("main_view_share must be in [0, 1]")
         self.main_view_share = main_view_share
-        if joint_main_view_share is not None and not 0.0 <= joint_main_view_share <= 1.0:
-            raise ValueError("joint_main_view_share must be in [0, 1] (or None: the ITC row's view)")
-        self.joint_main_view_share = joint_main_view_share
         if tia_grid == 1 or tia_grid < 0:
             raise ValueError(f"tia_grid must be 0 (pairs) or a group size >= 2, got {tia_grid}")
         if tia_grid and clean_fraction:
@@ -104,8 +97,8 @@ class PretrainCollator:
             segments.append(SEGMENT_Q if use_query else SEGMENT_T)
         return texts, segments
 
-    def _view(self, rec: PretrainRecord, rng: np.random.Generator, main_share: float) -> int:
-        """The record's main (first) image with probability ``main_share``, else any of its views.
+    def _view(self, rec: PretrainRecord, rng: np.random.Generator) -> int:
+        """The record's main (first) image with probability ``main_view_share``, else any of its views.
 
         Why not every view alike: a listing's title describes its main photo, while the other
         views include fabric close-ups (no cut to see) and now and then another product's photo;
@@ -113,25 +106,9 @@ class PretrainCollator:
         their title (docs/design.md item 49). The other views still come up, for the photo
         search and the image-only vectors that read them.
         """
-        if len(rec.images) == 1 or rng.random() < main_share:
+        if len(rec.images) == 1 or rng.random() < self.main_view_share:
             return int(rec.images[0])
         return int(rec.images[int(rng.integers(len(rec.images)))])
-
-    def _features(self, records: list[PretrainRecord], views: list[int]) -> np.ndarray:
-        return np.stack([self.corpus.patch_features(rec, v) for rec, v in zip(records, views)]).astype(np.float32)
-
-    def _joint_features(self, records: list[PretrainRecord], views: list[int], feats: np.ndarray,
-                        step: int) -> np.ndarray:
-        """The views the joint rows show: the ITC rows' own, or drawn apart with ``joint_main_view_share``.
-
-        Drawn from a stream of their own, so that setting the option changes none of the
-        other draws (texts, masks, negatives) of a step.
-        """
-        if self.joint_main_view_share is None:
-            return feats
-        rng = np.random.default_rng([self.seed, step, 13])
-        joint_views = [self._view(rec, rng, self.joint_main_view_share) for rec in records]
-        return feats if joint_views == views else self._features(records, joint_views)
 
     def _zeroed(self, n: int, rows: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """[n, patches] mask with ``n_masked_patches`` drawn without replacement in each of ``rows``."""
@@ -144,16 +121,13 @@ class PretrainCollator:
         rng = np.random.default_rng([self.seed, step, 11])
         records = [self.corpus.records[i] for i in indices]
         texts, segments = self._draw_texts(records, rng)
-        views = [self._view(rec, rng, self.main_view_share) for rec in records]
-        feats = self._features(records, views)
-        joint_feats = self._joint_features(records, views, feats, step)
+        views = [self._view(rec, rng) for rec in records]
+        feats = np.stack([self.corpus.patch_features(rec, v) for rec, v in zip(records, views)]).astype(np.float32)
         encoded = [self._encode(t) for t in texts]
         if self.tia_grid:
-            joint = self._grid_rows(records, encoded, segments, joint_feats, rng)
+            joint = self._grid_rows(records, encoded, segments, feats, rng)
         else:
-            joint = self._pair_rows(records, encoded, segments, joint_feats, rng)
-        if joint_feats is not feats:  # the task's ITC-hard negatives re-draw joint rows' images from these
-            joint["joint_image_features"] = torch.from_numpy(joint_feats)
+            joint = self._pair_rows(records, encoded, segments, feats, rng)
 
         pad = self.tokenizer.pad_token_id
         text_ids = self._pad([list(e[0]) for e in encoded], pad)

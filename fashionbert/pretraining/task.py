@@ -157,9 +157,7 @@ class PretrainingTask(nn.Module):
         chosen = torch.multinomial(logits.softmax(-1).cpu(), 1, generator=generator).squeeze(1).to(patches.device)
         patches = patches.clone()
         keep = ~batch["zeroed_patches"][negative]
-        # The joint rows' own views where the collator drew them apart from the ITC rows' (joint_main_view_share).
-        images = batch.get("joint_image_features", batch["image_features"])
-        patches[negative] = images[chosen].to(patches.dtype) * keep.unsqueeze(-1).to(patches.dtype)
+        patches[negative] = batch["image_features"][chosen].to(patches.dtype) * keep.unsqueeze(-1).to(patches.dtype)
         same_sub = batch["sub_category_ids"][chosen] == batch["sub_category_ids"][negative]
         return patches, float(same_sub.float().mean())
 
