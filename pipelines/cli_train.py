@@ -38,6 +38,9 @@ def pretrain(
                                                      "every image, TIA ranking in both directions.")] = 0,
     main_view_share: Annotated[float, typer.Option(min=0.0, max=1.0, help="Share of rows showing a listing's main (first) "
                                                                           "photo; the rest draw any of its views (0: every view alike).")] = 0.75,
+    view_contrast_share: Annotated[float, typer.Option(min=0.0, max=1.0, help="Share of rows that also contrast another "
+                                                                              "photo of their listing with their own, image "
+                                                                              "alone (keeps photo search with --main-view-share 1).")] = 0.0,
     tokenizer: Annotated[Path | None, typer.Option(help="Local tokenizer folder (default: train one on the catalog).")] = None,
     bert_init: Annotated[Path | None, typer.Option(help="Local BERT folder to initialise the trunk, or a packaged one: "
                                                        "minilm (the default of --model small).")] = None,
@@ -64,6 +67,7 @@ def pretrain(
         weighting_every=weighting_every,
         tasks=tuple(t.strip() for t in tasks.split(",") if t.strip()), tokenizer=tokenizer, bert_init=bert_init,
         clean_fraction=clean_fraction, tia_negatives=tia_negatives, tia_grid=tia_grid, main_view_share=main_view_share,
+        view_contrast_share=view_contrast_share,
         seed=seed, device=device, save_every=save_every,
     )
     result = run_pretrain(cfg, echo=typer.echo)

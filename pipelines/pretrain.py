@@ -102,6 +102,7 @@ class PretrainConfig:
     tia_negatives: str = "sub-category"  # or "itc-hard": negatives drawn by ITC similarity (ALBEF)
     tia_grid: int = 0  # G >= 2: TIA ranks each text against G same-sub-category images and back (collator's grid)
     main_view_share: float = 0.75  # rows showing the listing's main photo; the rest draw any view (docs/design.md item 49)
+    view_contrast_share: float = 0.0  # rows that also contrast another photo of their listing (item 53); needs itc
     seed: int = 0
     device: str = "auto"
     save_every: int = 200
@@ -331,6 +332,8 @@ def pretrain(cfg: PretrainConfig, echo: Callable[[str], None] = print, progress:
     model.train()
     if cfg.tia_grid and cfg.tia_negatives != "sub-category":
         raise ValueError("--tia-grid draws its negatives from each group's sub-category; drop --tia-negatives")
+    if cfg.view_contrast_share and "itc" not in cfg.tasks:
+        raise ValueError("--view-contrast-share contrasts image-only encodings beside ITC's: keep the itc task on")
     task = PretrainingTask(model, cfg.tasks, cfg.tia_negatives)
     weighting = build_loss_weighting(
         cfg.loss_weighting, **({"every": cfg.weighting_every * cfg.grad_accum} if cfg.loss_weighting == "adaptive-grad" else {}))
@@ -339,7 +342,7 @@ def pretrain(cfg: PretrainConfig, echo: Callable[[str], None] = print, progress:
         corpus, masker, max_text_length=model.config.max_text_length, num_patches=model.config.num_patches,
         mpm_probability=cfg.mpm_probability, tia_negative_fraction=cfg.tia_negative_fraction,
         query_probability=cfg.query_probability, clean_fraction=cfg.clean_fraction, tia_grid=cfg.tia_grid,
-        seed=cfg.seed, main_view_share=cfg.main_view_share,
+        seed=cfg.seed, main_view_share=cfg.main_view_share, view_contrast_share=cfg.view_contrast_share,
     )
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embeddings" not in n]
     no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embeddings" not in n)]

@@ -81,6 +81,49 @@ def test_rows_show_the_main_photo_by_preference(data, corpus):
         make_collator(data, corpus, main_view_share=1.5)
 
 
+def test_other_views_are_another_photo_of_the_rows_listing_and_change_no_other_draw(data, corpus):
+    indices = list(range(16))
+    plain = make_collator(data, corpus, main_view_share=1.0)(indices, step=2)
+    batch = make_collator(data, corpus, main_view_share=1.0, view_contrast_share=1.0)(indices, step=2)
+    assert "view_rows" not in plain
+    assert all(torch.equal(plain[k], batch[k]) for k in plain)  # the extra draws come after every other one
+    assert batch["view_rows"].tolist() == indices  # share 1, two photos each: every row takes part
+    for row, feats in zip(batch["view_rows"].tolist(), batch["view_features"]):
+        second = data["store"].get(corpus.records[indices[row]].product_id, 1).astype(np.float32)
+        assert np.array_equal(feats.numpy(), second)  # the row shows photo 0; the other view is photo 1
+    half = make_collator(data, corpus, view_contrast_share=0.5)
+    counts = [len(half(indices, step=s)["view_rows"]) for s in range(8)]
+    assert 0.3 < np.mean(counts) / 16 < 0.7
+    with pytest.raises(ValueError, match="view_contrast_share"):
+        make_collator(data, corpus, view_contrast_share=-0.1)
+
+
+def test_view_contrast_matches_each_other_view_to_its_own_row(data, corpus):
+    """Known answer: when the other view is the row's own image, every view finds its row; scrambled, few do."""
+    torch.manual_seed(0)
+    model = FashionBertModel(named_config("tiny", data["tokenizer"], corpus.features.feature_dim, **TINY))
+    with torch.no_grad():
+        model.logit_scale.fill_(np.log(100.0))
+    batch = make_collator(data, corpus, main_view_share=1.0, view_contrast_share=1.0)(list(range(16)), step=0)
+    rows = torch.tensor([1, 4, 6, 9, 15])
+    batch["view_rows"], batch["view_features"] = rows, batch["image_features"][rows].clone()
+    task = PretrainingTask(model)
+    losses, stats = task(batch)
+    assert {"mlm", "mpm", "tia", "itc", "view"} == set(losses) and stats["view_acc"] == 1.0
+    batch["view_features"] = batch["image_features"][rows.roll(1)].clone()  # no view on its own row
+    scrambled, scrambled_stats = task(batch)
+    assert scrambled_stats["view_acc"] < 0.5 and losses["view"] < scrambled["view"]
+    # a duplicate of the viewed product elsewhere in the batch is not a negative
+    batch["view_features"] = batch["image_features"][rows].clone()
+    batch["itc_same_product"] = batch["itc_same_product"].clone()
+    batch["itc_same_product"][1, 0] = batch["itc_same_product"][0, 1] = True
+    batch["image_features"][0] = batch["image_features"][1]
+    _, dup_stats = task(batch)
+    assert dup_stats["view_acc"] == 1.0  # unmasked, row 0 would tie row 1 for view 0, and win the arg-max
+    batch["view_rows"], batch["view_features"] = rows[:0], batch["view_features"][:0]
+    assert "view" not in task(batch)[0]  # no other views drawn this step: no view loss
+
+
 def test_collator_builds_negatives_and_masks_only_matched_pairs(data, corpus):
     collate = make_collator(data, corpus, query_probability=0.5, clean_fraction=0.5)
     indices = SubCategoryBatchSampler([r.sub_category for r in corpus.records], 16, 4, seed=0).batch(0)
@@ -287,6 +330,18 @@ def test_resume_after_interruption_is_an_identical_continuation(data, tmp_path, 
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     with pytest.raises(ValueError, match="another configuration"):
         pretrain(_cfg(data, tmp_path / "resumed", lr=1e-3, **negatives), echo=lambda s: None, progress=False)
+
+
+def test_pretrain_with_view_contrast_logs_its_loss_and_needs_itc(data, tmp_path):
+    result = pretrain(_cfg(data, tmp_path / "views", main_view_share=1.0, view_contrast_share=0.5),
+                      echo=lambda s: None, progress=False)
+    assert "view" in result.last_losses and np.isfinite(result.last_losses["view"])
+    with (tmp_path / "views" / "train_log.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert all(r["loss.view"] and r["w.view"] for r in rows)  # weighted beside the other four
+    with pytest.raises(ValueError, match="itc"):
+        pretrain(_cfg(data, tmp_path / "no_itc", tasks=("mlm", "tia"), view_contrast_share=0.5),
+                 echo=lambda s: None, progress=False)
 
 
 def test_time_budget_stops_training(data, tmp_path):

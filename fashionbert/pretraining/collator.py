@@ -19,6 +19,11 @@ pass (MLM, MPM, TIA) is laid out in one of two ways:
   candidates of a ranking differ only by what is ranked. The joint pass keeps
   the batch's size (as many G x G groups as fit), so a step costs the same.
 
+With ``view_contrast_share`` > 0 a share of the rows also get another photo of
+their listing (``view_rows``, ``view_features``) for the task's view-to-view
+contrast, which keeps photo search able to match any view to the listing when
+TIA and ITC read only main photos (docs/design.md item 53).
+
 Everything random is drawn from a generator seeded by (seed, step), so a
 resumed run sees exactly the batches an uninterrupted run would.
 """
@@ -51,6 +56,7 @@ class PretrainCollator:
         tia_grid: int = 0,
         seed: int = 0,
         main_view_share: float = 0.75,
+        view_contrast_share: float = 0.0,
     ):
         self.corpus = corpus
         self.masker = masker
@@ -65,6 +71,9 @@ class PretrainCollator:
         if not 0.0 <= main_view_share <= 1.0:
             raise ValueError("main_view_share must be in [0, 1]")
         self.main_view_share = main_view_share
+        if not 0.0 <= view_contrast_share <= 1.0:
+            raise ValueError("view_contrast_share must be in [0, 1]")
+        self.view_contrast_share = view_contrast_share
         if tia_grid == 1 or tia_grid < 0:
             raise ValueError(f"tia_grid must be 0 (pairs) or a group size >= 2, got {tia_grid}")
         if tia_grid and clean_fraction:
@@ -133,7 +142,7 @@ class PretrainCollator:
         text_ids = self._pad([list(e[0]) for e in encoded], pad)
         seg = torch.tensor(segments, dtype=torch.long)
         sub_ids: dict[str, int] = {}
-        return {
+        step_tensors = {
             **joint,
             # The single-side (ITC) passes: every record's own text and image.
             "text_input_ids": text_ids,
@@ -145,6 +154,31 @@ class PretrainCollator:
             "sub_category_ids": torch.tensor([sub_ids.setdefault(r.sub_category, len(sub_ids)) for r in records]),
             # Drawn last, so that adding it changed none of the draws above: seeds the task's negative mining.
             "negative_seed": torch.tensor(int(rng.integers(2**31 - 1))),
+        }
+        if self.view_contrast_share > 0:  # drawn after everything else: a share of 0 leaves every draw as it was
+            step_tensors.update(self._other_views(records, views, feats.shape[1:], rng))
+        return step_tensors
+
+    def _other_views(self, records: list[PretrainRecord], views: list[int], patch_shape: tuple[int, ...],
+                     rng: np.random.Generator) -> dict[str, torch.Tensor]:
+        """Another photo of ``view_contrast_share`` of the rows, for the view-to-view contrast.
+
+        ``view_rows`` holds the batch rows that got one and ``view_features`` its patches: a
+        different view of the same listing than the row's own image, drawn uniformly (close-ups
+        included: photo search must still find the product from them). Rows whose listing has
+        one photo are skipped, so the share is of the rows that can take part.
+        """
+        chosen = rng.random(len(records)) < self.view_contrast_share
+        rows, feats = [], []
+        for i, (rec, own) in enumerate(zip(records, views)):
+            others = [int(v) for v in rec.images if int(v) != own]
+            if chosen[i] and others:
+                rows.append(i)
+                feats.append(self.corpus.patch_features(rec, others[int(rng.integers(len(others)))]))
+        return {
+            "view_rows": torch.tensor(rows, dtype=torch.long),
+            "view_features": torch.from_numpy(
+                np.stack(feats).astype(np.float32) if feats else np.zeros((0, *patch_shape), np.float32)),
         }
 
     def _joint_tensors(self, masked: list[list[int]], labels: list[list[int]], segments: list[int],

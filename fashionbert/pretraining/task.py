@@ -22,6 +22,13 @@ them (fixed or adaptive weights) is the caller's business.
 * ``itc`` - symmetric InfoNCE between text-alone and image-alone encodings
   with in-batch (hence same-sub-category) negatives; exact duplicates of a
   text are not counted as negatives.
+* ``view`` (only when the collator drew other views, ``view_contrast_share``
+  > 0; it needs ``itc``) - symmetric InfoNCE between the image-alone encoding
+  of another photo of a listing and that of the row's own photo, against the
+  batch's other rows (other products of mostly the same sub-category). It
+  teaches the image-only encoder that every photo of a listing is one product,
+  which photo search needs, without making TIA and ITC pair titles with photos
+  their titles do not describe (docs/design.md item 53).
 """
 
 from __future__ import annotations
@@ -99,6 +106,8 @@ class PretrainingTask(nn.Module):
                 stats["tia_acc"] = float((logits.argmax(-1) == labels).float().mean())
         if single is not None:
             losses["itc"], stats["itc_acc"] = self._itc(batch, *single)
+            if len(batch.get("view_rows", ())):
+                losses["view"], stats["view_acc"] = self._view_contrast(batch, single[1])
         return losses, stats
 
     @staticmethod
@@ -160,6 +169,24 @@ class PretrainingTask(nn.Module):
         patches[negative] = batch["image_features"][chosen].to(patches.dtype) * keep.unsqueeze(-1).to(patches.dtype)
         same_sub = batch["sub_category_ids"][chosen] == batch["sub_category_ids"][negative]
         return patches, float(same_sub.float().mean())
+
+    def _view_contrast(self, batch: dict[str, torch.Tensor], image: torch.Tensor) -> tuple[torch.Tensor, float]:
+        """InfoNCE of each other view against every row's own image, and back over the viewed rows.
+
+        A row of the same product (the batch can hold one twice) is not a negative. Shares
+        ITC's temperature: both compare unit vectors of the one image-only encoder.
+        """
+        rows = batch["view_rows"]
+        other = self.model.itc_embedding(self.model.encode_image_only(batch["view_features"]))
+        scale = self.model.temperature_scale()
+        k, n = len(rows), len(image)
+        same = batch["itc_same_product"][rows]  # [k, n]: the viewed rows' products against every row
+        own = torch.arange(n, device=image.device)[None, :] == rows[:, None]
+        to_rows = (scale * other @ image.T).masked_fill(same & ~own, float("-inf"))
+        not_self = ~torch.eye(k, dtype=torch.bool, device=image.device)
+        back = (scale * image[rows] @ other.T).masked_fill(same[:, rows] & not_self, float("-inf"))
+        loss = (F.cross_entropy(to_rows, rows) + F.cross_entropy(back, torch.arange(k, device=image.device))) / 2
+        return loss, float((to_rows.argmax(-1) == rows).float().mean())
 
     def _itc(self, batch: dict[str, torch.Tensor], text: torch.Tensor, image: torch.Tensor) -> tuple[torch.Tensor, float]:
         n = len(text)
