@@ -198,7 +198,8 @@ def pretrain_data(tmp_path_factory):
 
 def test_pretrain_config_is_a_model_size_or_a_job_file(pretrain_data, tmp_path):
     run = tmp_path / "run"
-    fast = ["--steps", "1", "--batch-size", "4", "--warmup-steps", "0", "--loss-weighting", "fixed", "--device", "cpu"]
+    fast = ["--steps", "1", "--batch-size", "4", "--warmup-steps", "0", "--loss-weighting", "fixed", "--device", "cpu",
+            "--main-view-share", "1", "--view-contrast-share", "0.5"]
     inputs = ["--catalog", str(pretrain_data["catalog"]), "--features", str(pretrain_data["features"])]
     # the spelling: --config tiny is the model size
     r = runner.invoke(app, ["pretrain", *inputs, "--config", "tiny", "--out", str(run), *fast])
@@ -207,12 +208,15 @@ def test_pretrain_config_is_a_model_size_or_a_job_file(pretrain_data, tmp_path):
     assert json.loads((run / "config.json").read_text())["hidden_size"] == 256  # NAMED_CONFIGS["tiny"]
     effective = yaml.safe_load((run / "fashionbert-pretrain.yaml").read_text())
     assert effective["model"] == "tiny" and "config" not in effective and effective["batch-size"] == 4
+    training = json.loads((run / "training_config.json").read_text())["training"]
+    assert training["main_view_share"] == 1.0 and training["view_contrast_share"] == 0.5  # the flags reach the job
 
     # a job file with `model: tiny` and the same settings is the same run: it resumes the finished state
     job = tmp_path / "job.yaml"
     job.write_text(yaml.safe_dump({
         "catalog": str(pretrain_data["catalog"]), "features": str(pretrain_data["features"]), "out": str(run),
         "model": "tiny", "steps": 1, "batch-size": 4, "warmup_steps": 0, "loss-weighting": "fixed", "device": "cpu",
+        "main-view-share": 1, "view-contrast-share": 0.5,
     }))
     r = runner.invoke(app, ["pretrain", "--config", str(job)])
     assert r.exit_code == 0, r.output
