@@ -182,9 +182,10 @@ class PretrainingTask(nn.Module):
         k, n = len(rows), len(image)
         same = batch["itc_same_product"][rows]  # [k, n]: the viewed rows' products against every row
         own = torch.arange(n, device=image.device)[None, :] == rows[:, None]
-        to_rows = (scale * other @ image.T).masked_fill(same & ~own, float("-inf"))
+        similarity = scale * other @ image.T  # [k, n]; its viewed rows' columns, transposed, are the way back
+        to_rows = similarity.masked_fill(same & ~own, float("-inf"))
         not_self = ~torch.eye(k, dtype=torch.bool, device=image.device)
-        back = (scale * image[rows] @ other.T).masked_fill(same[:, rows] & not_self, float("-inf"))
+        back = similarity[:, rows].T.masked_fill(same[:, rows].T & not_self, float("-inf"))
         loss = (F.cross_entropy(to_rows, rows) + F.cross_entropy(back, torch.arange(k, device=image.device))) / 2
         return loss, float((to_rows.argmax(-1) == rows).float().mean())
 
