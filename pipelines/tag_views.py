@@ -9,7 +9,11 @@ reports two things where the column is there:
   (``<method>.with_stray.<metric>``), beside the metrics on all products;
 * the high-level attention's weight on those stray photos (``<method>.stray_view_weight``), with
   the weight the masked mean (the ablation without high-level attention) gives them,
-  ``<method>.stray_view_weight_uniform``.
+  ``<method>.stray_view_weight_uniform``;
+* the metrics on the same products with their stray photos hidden from the tagger
+  (``<method>.stray_hidden.<metric>``): an oracle view filter. Its gap to ``with_stray`` is what
+  strays cost that any weighting of the views could win back, so it bounds what the high-level
+  attention can show on the headline metrics (a gap near zero: nothing to recover).
 
 A real catalog has no such column, and these are then simply absent.
 """
@@ -17,6 +21,7 @@ A real catalog has no such column, and these are then simply absent.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +29,7 @@ import pyarrow.parquet as pq
 import torch
 
 from fashionbert.synthetic.drawing import STRAY
-from fashionbert.tagging import StateCache, TagDataset, Tagger, score_metrics
+from fashionbert.tagging import HeadInputs, StateCache, TagDataset, Tagger, score_metrics
 from indexer.feature_store import FeatureStore
 
 KINDS_COLUMN = "image_kinds"
@@ -83,3 +88,36 @@ def stray_view_weight(tagger: Tagger, data: TagDataset, rows: Sequence[int], kin
             learnt.append(float(w[slot]))
             uniform.append(1.0 / len(kinds[r]))
     return dict(zip(VIEW_WEIGHT_COLUMNS, (float(np.mean(learnt)), float(np.mean(uniform)))))
+
+
+def hide_views(x: HeadInputs, hidden: torch.Tensor) -> HeadInputs:
+    """``x`` with the views marked in ``hidden`` ([B, V] bool) taken out of its view mask."""
+    return replace(x, view_mask=x.view_mask & ~hidden.to(x.view_mask.device))
+
+
+@torch.no_grad()
+def stray_hidden_metrics(tagger: Tagger, data: TagDataset, rows: Sequence[int], kinds: list[list[str]] | None,
+                         tags: Sequence[str], truth: Sequence[Sequence[str]], cache: StateCache | None = None,
+                         batch_size: int = 64) -> dict[str, float]:
+    """The tag metrics on the products with a stray photo, scored with their strays hidden (an oracle filter).
+
+    Keyed ``stray_hidden.<metric>``, beside ``with_stray.<metric>`` on the same products scored as
+    they are: the difference is what the strays cost that dropping them would win back. Hiding a view
+    masks it out of the pooling over views (each view is its own trunk pass, so nothing of it is left).
+    """
+    positions = stray_positions(rows, kinds)
+    if not positions or kinds is None:
+        return {}
+    stray_rows = [rows[i] for i in positions]
+    tagger.eval()
+    out = []
+    for i in range(0, len(stray_rows), batch_size):
+        chunk = stray_rows[i:i + batch_size]
+        x = cache.batch(chunk, ["full"] * len(chunk)) if cache is not None else tagger.encode(*data.inputs(chunk))
+        hidden = torch.zeros_like(x.view_mask, dtype=torch.bool)
+        for b, r in enumerate(chunk):
+            for slot, kind in enumerate(kinds[r]):
+                hidden[b, slot] = kind == STRAY
+        out.append(torch.sigmoid(tagger.head(hide_views(x, hidden))).float().cpu())
+    found = score_metrics(torch.cat(out).numpy(), tags, [truth[i] for i in positions])
+    return {f"stray_hidden.{k}": v for k, v in found.items()}

@@ -44,7 +44,8 @@ from indexer.embeddings import checkpoint_sha256
 from indexer.feature_store import FeatureStore
 from indexer.features import resolve_device
 from pipelines.tag_interactions import TREND_COLUMN, trend_tag_map
-from pipelines.tag_views import VIEW_WEIGHT_COLUMNS, read_view_kinds, stray_positions, stray_view_weight, subset_metrics
+from pipelines.tag_views import (VIEW_WEIGHT_COLUMNS, read_view_kinds, stray_hidden_metrics, stray_positions,
+                                 stray_view_weight, subset_metrics)
 
 Echo = Callable[[str], None]
 # concat_mlp_fusion is not an ablation of a part but a second reading of "concatenation instead": with a
@@ -290,6 +291,7 @@ def evaluate_tagger(tagger_dir: Path, catalog: Path, features: Path, json_out: P
     scores = scores_of(tagger, held, rows, states, batch_size)
     metrics = _prefixed("model", _with_trend(score_metrics(scores, tagger.vocabulary.tags, truth, per_tag=True))
                         | subset_metrics(scores, tagger.vocabulary.tags, truth, strays)
+                        | stray_hidden_metrics(tagger, held, rows, kinds, tagger.vocabulary.tags, truth, states, batch_size)
                         | stray_view_weight(tagger, held, rows, kinds, states, batch_size=batch_size))
     train_cfg = _recorded_training(tagger, Path(tagger_dir)) if baselines or ablations else None
     if baselines and train_cfg is not None:
@@ -365,11 +367,13 @@ def run_ablations(cfg: TagTrainConfig, heldout_catalog: Path, heldout_features: 
             tags = result.tagger.vocabulary.tags
             runs.append({**_with_trend(score_metrics(scores, tags, truth, per_tag=True)),
                          **subset_metrics(scores, tags, truth, strays),
+                         **stray_hidden_metrics(result.tagger, held, rows, kinds, tags, truth, held_cache),
                          **stray_view_weight(result.tagger, held, rows, kinds, held_cache),
                          "best_epoch": float(result.best_epoch),
                          "epochs": float(len(result.history)), "seconds": round(result.seconds, 2),
                          "parameters": float(sum(p.numel() for p in result.tagger.head.parameters()))})
-            stray = (f", with a stray photo F1@3 {runs[-1]['with_stray.f1@3']:.4f}, stray weight "
+            stray = (f", with a stray photo F1@3 {runs[-1]['with_stray.f1@3']:.4f} (hidden: "
+                     f"{runs[-1]['stray_hidden.f1@3']:.4f}), stray weight "
                      f"{runs[-1]['stray_view_weight']:.3f}" if "with_stray.f1@3" in runs[-1] else "")
             trend = f", trend-tag mAP {runs[-1][TREND_COLUMN]:.4f}" if TREND_COLUMN in runs[-1] else ""
             echo(f"tags ablations: {label}: F1@3 {runs[-1]['f1@3']:.4f}{trend}{stray} ({len(result.history)} epochs, "
@@ -379,7 +383,7 @@ def run_ablations(cfg: TagTrainConfig, heldout_catalog: Path, heldout_features: 
         table[name] = {k: float(np.mean([r[k] for r in runs])) for k in runs[0]}
         if seeds > 1:  # differences between the variants are only worth reading beside their spread
             table[name] |= {f"{k}_sd": float(np.std([r[k] for r in runs], ddof=1)) for k in SPREAD_METRICS + tuple(
-                f"with_stray.{m}" for m in SPREAD_METRICS) if k in runs[0]}
+                f"{subset}.{m}" for subset in ("with_stray", "stray_hidden") for m in SPREAD_METRICS) if k in runs[0]}
             table[name]["seeds"] = float(seeds)
             trend = (f", trend-tag mAP {table[name][TREND_COLUMN]:.4f} ± {table[name][TREND_COLUMN + '_sd']:.4f}"
                      if TREND_COLUMN in table[name] else "")

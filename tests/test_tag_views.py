@@ -18,7 +18,7 @@ from fashionbert.synthetic.drawing import STRAY
 from fashionbert.tagging import TaggerHead
 from indexer.catalog import read_catalog
 from indexer.features import extract_catalog_features
-from pipelines.tag_views import read_view_kinds, stray_positions
+from pipelines.tag_views import hide_views, read_view_kinds, stray_positions
 from pipelines.tags import TagTrainConfig, evaluate_tagger, load_tag_data, run_ablations, train_tagger
 from tests.tagging_fixtures import TAG_FEATURES, TagData, one_torch_thread, tag_data  # noqa: F401 - fixture
 from tests.test_tagging import FAST, SMALL_HEAD, _config, _inputs
@@ -56,6 +56,24 @@ def test_view_weights_share_one_over_the_real_views():
     assert not torch.allclose(learnt[1], torch.full((3,), 1 / 3), atol=1e-4)  # attention does weigh the views
 
 
+def test_a_hidden_view_is_as_if_the_product_never_had_it():
+    """The oracle behind ``stray_hidden.*``: hiding view 1 scores the product as its views 0 and 2 alone."""
+    torch.manual_seed(0)
+    x = _inputs(v=3)
+    x.view_mask[2, 2] = False  # product 2: two views (see _inputs)
+    hidden = torch.zeros_like(x.view_mask)
+    hidden[:, 1] = True
+    kept = [0, 2]
+    without = replace(x, text=x.text[:, kept], text_mask=x.text_mask[:, kept], patches=x.patches[:, kept],
+                      patch_mask=x.patch_mask[:, kept], view_mask=x.view_mask[:, kept])
+    for high in (True, False):
+        head = TaggerHead(_config(use_high_level_attention=high)).eval()
+        with torch.no_grad():
+            assert torch.allclose(head(hide_views(x, hidden)), head(without), atol=1e-5)
+            assert not torch.allclose(head(x), head(without), atol=1e-3)  # the view did count before it was hidden
+    assert bool(x.view_mask[0, 1]) and not bool(hide_views(x, hidden).view_mask[0, 1])  # x itself is left as it was
+
+
 def test_view_kinds_follow_the_extracted_views(tag_data: TagData, held_all_views: Path):  # noqa: F811
     data, store = load_tag_data(tag_data.test_catalog, held_all_views, 4)
     kinds = read_view_kinds(tag_data.test_catalog, data, store, 4)
@@ -88,12 +106,15 @@ def test_eval_reports_the_stray_products_and_the_weight_on_strays(tag_data: TagD
     assert 0 < metrics["model.stray_view_weight"] < 1
     for method in ("model", "late_fusion"):
         assert 0 <= metrics[f"{method}.with_stray.f1@3"] <= 1 and f"{method}.with_stray.map" in metrics
+    assert 0 <= metrics["model.stray_hidden.f1@3"] <= 1  # the oracle filter needs the view pooling: the tagger only
+    assert metrics["model.stray_hidden.map"] != metrics["model.with_stray.map"]  # hiding the strays changed the scores
     table = (tmp_path / "eval.md").read_text()
-    assert "| model.with_stray |" in table and "stray_view_weight |" in table
+    assert "| model.with_stray |" in table and "| model.stray_hidden |" in table and "stray_view_weight |" in table
 
     cfg = TagTrainConfig(tag_data.train_catalog, tag_data.train_features, tag_data.checkpoint, head=FOUR_VIEWS,
                          **{**FAST, "epochs": 2})
     ablations = run_ablations(cfg, tag_data.test_catalog, held_all_views, seeds=2, echo=lambda _: None)
     mean_weight = ablations["no_high_level_attention"]["stray_view_weight"]
     assert mean_weight == pytest.approx(metrics["model.stray_view_weight_uniform"])  # the masked mean: 1 / views
-    assert all("with_stray.f1@3" in m and "with_stray.f1@3_sd" in m for m in ablations.values())
+    assert all("with_stray.f1@3" in m and "with_stray.f1@3_sd" in m and "stray_hidden.f1@3_sd" in m
+               for m in ablations.values())
