@@ -37,10 +37,11 @@ def pretrain(
                                                      "G >= 2: groups of G same-sub-category products, every text against "
                                                      "every image, TIA ranking in both directions.")] = 0,
     main_view_share: Annotated[float, typer.Option(min=0.0, max=1.0, help="Share of rows showing a listing's main (first) "
-                                                                          "photo; the rest draw any of its views (0: every view alike).")] = 0.75,
-    view_contrast_share: Annotated[float, typer.Option(min=0.0, max=1.0, help="Share of rows that also contrast another "
-                                                                              "photo of their listing with their own, image "
-                                                                              "alone (keeps photo search with --main-view-share 1).")] = 0.0,
+                                                                          "photo; the rest draw any of its views (0: every view alike).")] = 1.0,
+    view_contrast_share: Annotated[float | None, typer.Option(
+        min=0.0, max=1.0, help="Share of rows that also contrast another photo of their listing with their own, image "
+                               "alone: what teaches photo search while every pair row shows the main photo. "
+                               "Default 0.25 with the itc task, else 0.")] = None,
     tokenizer: Annotated[Path | None, typer.Option(help="Local tokenizer folder (default: train one on the catalog).")] = None,
     bert_init: Annotated[Path | None, typer.Option(help="Local BERT folder to initialise the trunk, or a packaged one: "
                                                        "minilm (the default of --model small).")] = None,

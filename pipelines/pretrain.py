@@ -37,7 +37,7 @@ import random
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +67,8 @@ from indexer.feature_store import FeatureStore
 
 STATE_DIR = "train_state"
 LOG_FILE = "train_log.csv"
+# The view-to-view contrast's share when ITC is on (docs/design.md item 53; results.md, stops 25-27).
+DEFAULT_VIEW_CONTRAST_SHARE = 0.25
 
 
 @dataclass
@@ -101,8 +103,9 @@ class PretrainConfig:
     clean_fraction: float = 0.0  # rows left unmasked for TIA; 0 = FashionBERT's single corrupted pass
     tia_negatives: str = "sub-category"  # or "itc-hard": negatives drawn by ITC similarity (ALBEF)
     tia_grid: int = 0  # G >= 2: TIA ranks each text against G same-sub-category images and back (collator's grid)
-    main_view_share: float = 0.75  # rows showing the listing's main photo; the rest draw any view (docs/design.md item 49)
-    view_contrast_share: float = 0.0  # rows that also contrast another photo of their listing (item 53); needs itc
+    main_view_share: float = 1.0  # rows showing the listing's main photo; the rest draw any view (docs/design.md item 49)
+    # rows that also contrast another photo of their listing (item 53); None: 0.25 when itc is on, else 0
+    view_contrast_share: float | None = None
     seed: int = 0
     device: str = "auto"
     save_every: int = 200
@@ -111,6 +114,17 @@ class PretrainConfig:
     user_words: tuple[str, ...] = field(default_factory=tuple)
     model_overrides: dict = field(default_factory=dict)  # e.g. a smaller trunk in tests
     stop_at_step: int | None = None  # stop (as if killed) right after this step's state save; tests only
+
+    def resolved(self) -> PretrainConfig:
+        """This config with its automatic defaults decided, so the training record holds what ran.
+
+        The view-to-view contrast is matched beside ITC's image side (same temperature, same
+        image-only encoder), so a run without ITC cannot have it: the default follows the tasks,
+        while an explicit share with ITC off stays an error (``pretrain``).
+        """
+        if self.view_contrast_share is not None:
+            return self
+        return replace(self, view_contrast_share=DEFAULT_VIEW_CONTRAST_SHARE if "itc" in self.tasks else 0.0)
 
     def fingerprint(self) -> dict:
         """What must match for a resume to be a true continuation."""
@@ -314,8 +328,15 @@ def _autocast(device: torch.device):
     return torch.autocast("cuda", dtype=dtype)
 
 
+def _differences(recorded: dict, now: dict) -> str:
+    """``key: recorded -> now`` for each setting a resume would change (a default may have moved since)."""
+    keys = sorted(k for k in recorded.keys() | now.keys() if recorded.get(k) != now.get(k))
+    return ", ".join(f"{k}: {recorded.get(k)!r} -> {now.get(k)!r}" for k in keys)
+
+
 def pretrain(cfg: PretrainConfig, echo: Callable[[str], None] = print, progress: bool = True) -> PretrainResult:
     start = time.perf_counter()
+    cfg = cfg.resolved()
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     _seed_all(cfg.seed)
@@ -359,7 +380,8 @@ def pretrain(cfg: PretrainConfig, echo: Callable[[str], None] = print, progress:
     state = _load_state(out)
     if state is not None:
         if state["fingerprint"] != cfg.fingerprint():
-            raise ValueError(f"{out} holds a training run with another configuration; choose another --out or delete {out / STATE_DIR}")
+            raise ValueError(f"{out} holds a training run with another configuration ({_differences(state['fingerprint'], cfg.fingerprint())}); "
+                             f"pass the recorded values to resume it, or choose another --out or delete {out / STATE_DIR}")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])

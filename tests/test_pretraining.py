@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 
 import numpy as np
 import pytest
@@ -309,10 +310,12 @@ def test_pretrain_writes_a_loadable_checkpoint_log_and_plot(data, tmp_path):
     # no --lr: the named config's peak learning rate (tiny: 1e-3), reached after the warm-up
     assert max(float(r["lr"]) for r in rows) == pytest.approx(DEFAULT_LEARNING_RATES["tiny"])
     # a step whose batch had nothing to score for a task has no weight for it: the rest sum to 1
-    weights = [sum(float(r[f"w.{k}"]) for k in ("mlm", "mpm", "tia", "itc") if r[f"w.{k}"]) for r in rows]
+    weights = [sum(float(r[f"w.{k}"]) for k in ("mlm", "mpm", "tia", "itc", "view") if r[f"w.{k}"]) for r in rows]
     np.testing.assert_allclose(weights, 1.0, atol=1e-5)  # ω logged per step and on the simplex
+    assert any(r["loss.view"] for r in rows)  # the view contrast is on by default (with itc)
     assert (tmp_path / "run" / "train_log.png").stat().st_size > 0
-    assert (tmp_path / "run" / "training_config.json").is_file()
+    training = json.loads((tmp_path / "run" / "training_config.json").read_text())["training"]
+    assert training["main_view_share"] == 1.0 and training["view_contrast_share"] == 0.25  # the record says what ran
 
 
 @pytest.mark.parametrize("negatives", [{"tia_negatives": "sub-category"}, {"tia_negatives": "itc-hard"}, {"tia_grid": 2}],
@@ -328,7 +331,7 @@ def test_resume_after_interruption_is_an_identical_continuation(data, tmp_path, 
     a = load_file(tmp_path / "straight" / "model.safetensors")
     b = load_file(tmp_path / "resumed" / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    with pytest.raises(ValueError, match="another configuration"):
+    with pytest.raises(ValueError, match=r"another configuration \(lr: None -> 0\.001\)"):  # says what differs
         pretrain(_cfg(data, tmp_path / "resumed", lr=1e-3, **negatives), echo=lambda s: None, progress=False)
 
 
@@ -342,6 +345,16 @@ def test_pretrain_with_view_contrast_logs_its_loss_and_needs_itc(data, tmp_path)
     with pytest.raises(ValueError, match="itc"):
         pretrain(_cfg(data, tmp_path / "no_itc", tasks=("mlm", "tia"), view_contrast_share=0.5),
                  echo=lambda s: None, progress=False)
+
+
+def test_the_view_contrast_default_follows_the_itc_task(data, tmp_path):
+    assert _cfg(data, tmp_path).resolved().view_contrast_share == 0.25
+    assert _cfg(data, tmp_path, tasks=("mlm", "mpm", "tia")).resolved().view_contrast_share == 0.0
+    assert _cfg(data, tmp_path, view_contrast_share=0.0).resolved().view_contrast_share == 0.0  # explicit: kept
+    assert _cfg(data, tmp_path, view_contrast_share=0.5).resolved().view_contrast_share == 0.5
+    result = pretrain(_cfg(data, tmp_path / "no_itc", tasks=("mlm", "mpm", "tia"), steps=2), echo=lambda s: None,
+                      progress=False)  # no itc and no explicit share: runs, without the view loss
+    assert "view" not in result.last_losses and "itc" not in result.last_losses
 
 
 def test_time_budget_stops_training(data, tmp_path):

@@ -55,7 +55,7 @@ class PretrainCollator:
         clean_fraction: float = 0.0,
         tia_grid: int = 0,
         seed: int = 0,
-        main_view_share: float = 0.75,
+        main_view_share: float = 1.0,
         view_contrast_share: float = 0.0,
     ):
         self.corpus = corpus
@@ -112,8 +112,9 @@ class PretrainCollator:
         Why not every view alike: a listing's title describes its main photo, while the other
         views include fabric close-ups (no cut to see) and now and then another product's photo;
         drawn uniformly, about a third of the pairs TIA and ITC learn from could not confirm
-        their title (docs/design.md item 49). The other views still come up, for the photo
-        search and the image-only vectors that read them.
+        their title (docs/design.md item 49). The default share is 1: the other views reach the
+        photo search through the view-to-view contrast (``view_contrast_share``, item 53), which
+        pairs them with their listing's photos, not with a title they do not show.
         """
         if len(rec.images) == 1 or rng.random() < self.main_view_share:
             return int(rec.images[0])
