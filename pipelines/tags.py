@@ -58,6 +58,7 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     "concat_mlp_fusion": {"fusion": "concat_mlp"},
     "no_high_level_attention": {"use_high_level_attention": False},
     "no_view_consensus": {"view_consensus": False},  # high-level attention scoring each group alone (item 47)
+    "sparse_group_weights": {"group_weights": "sparsemax"},  # not an ablation: a weighting that can drop a view (item 55)
 }
 SPREAD_METRICS = ("f1@3", "map", TREND_COLUMN)  # reported with their standard deviation over seeds (when there)
 

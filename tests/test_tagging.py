@@ -403,9 +403,10 @@ def test_ablations_train_every_variant_on_the_same_data(tag_data: TagData, tmp_p
     table = run_ablations(cfg, tag_data.test_catalog, tag_data.test_features, json_out=tmp_path / "abl.json",
                           echo=lambda _: None)
     assert list(table) == ["full", "no_low_level_attention", "concat_fusion", "concat_mlp_fusion", "no_high_level_attention",
-                           "no_view_consensus"]
+                           "no_view_consensus", "sparse_group_weights"]
     params = {name: m["parameters"] for name, m in table.items()}
-    assert all(params[name] < params["full"] for name in table if name != "full")
+    assert all(params[name] < params["full"] for name in table if name not in ("full", "sparse_group_weights"))
+    assert params["sparse_group_weights"] == params["full"]  # the same parts, another weighting of the groups
     assert all(0 <= m["f1@3"] <= 1 and m["epochs"] == 2 for m in table.values())
     assert "| concat_fusion |" in (tmp_path / "abl.md").read_text()
     assert json.loads((tmp_path / "abl.json").read_text())["metrics"]["full.f1@3"] == table["full"]["f1@3"]

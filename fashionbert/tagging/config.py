@@ -42,6 +42,8 @@ class TaggerConfig:
     # The high-level attention reads each group beside its agreement with the product's mean group, so
     # a view unlike the others (a stray photo of another product) can be told apart (design item 47).
     view_consensus: bool = True
+    # "softmax", or "sparsemax": the high-level attention can give a group exactly zero weight (design item 55)
+    group_weights: str = "softmax"
     freeze_trunk: bool = True
     min_tag_count: int = 2  # tags seen fewer times in the training catalog are not predicted
     max_views: int = 1  # image views per product read (each one joint trunk pass; the API reads as many, the first stored)
@@ -58,6 +60,8 @@ class TaggerConfig:
             raise ValueError(f"TaggerConfig.dropout must be in [0, 1), got {self.dropout}")
         if self.fusion not in FUSIONS:
             raise ValueError(f"TaggerConfig.fusion must be one of {', '.join(FUSIONS)}, got {self.fusion!r}")
+        if self.group_weights not in ("softmax", "sparsemax"):
+            raise ValueError(f"TaggerConfig.group_weights must be 'softmax' or 'sparsemax', got {self.group_weights!r}")
         if self.trunk_passes not in ("joint", "separate"):
             raise ValueError(f"TaggerConfig.trunk_passes must be 'joint' or 'separate', got {self.trunk_passes!r}")
         if self.min_tag_count < 1:

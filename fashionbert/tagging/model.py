@@ -43,6 +43,25 @@ def masked_softmax(scores: torch.Tensor, mask: torch.Tensor, dim: int = -1) -> t
     return weights / weights.sum(dim, keepdim=True).clamp_min(1e-12)
 
 
+def masked_sparsemax(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Sparsemax (Martins & Astudillo 2016) over the last dim's unmasked entries.
+
+    The Euclidean projection of the scores onto the simplex: weights sum to 1 like a softmax's,
+    but an entry whose score is far enough below the best gets exactly zero. Why: a softmax can
+    only shrink a stray photo's weight, and the tags eval's oracle (design item 54) shows that
+    halving it wins nothing back; a weighting that can drop a view can. All-masked rows give zeros.
+    """
+    mask = mask.to(torch.bool)
+    z = scores.masked_fill(~mask, NEG_INF)
+    ranked, _ = torch.sort(z, dim=-1, descending=True)
+    k = torch.arange(1, z.shape[-1] + 1, device=z.device, dtype=z.dtype)
+    cumulative = ranked.cumsum(-1)
+    support = (1 + k * ranked > cumulative) & (ranked > NEG_INF / 2)
+    size = support.sum(-1, keepdim=True).clamp_min(1)
+    tau = (cumulative.gather(-1, size - 1) - 1) / size.to(z.dtype)
+    return torch.clamp(z - tau, min=0.0) * mask
+
+
 def masked_mean(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean of ``states`` [..., N, H] over the unmasked N ([..., N] mask); zeros when all are masked."""
     m = mask.to(states.dtype).unsqueeze(-1)
@@ -145,7 +164,7 @@ class CoAttention(nn.Module):
 
 
 class GroupAttention(nn.Module):
-    """High-level attention: one weight per fused group (glimpse x view), masked softmax.
+    """High-level attention: one weight per fused group (glimpse x view), masked softmax (or sparsemax).
 
     With ``consensus`` a group is scored on itself and on its agreement with the product's mean
     group (the element-wise product of the two unit vectors, whose sum is their cosine). Why:
@@ -154,8 +173,9 @@ class GroupAttention(nn.Module):
     of the product's views it can (docs/design.md item 47).
     """
 
-    def __init__(self, dim_in: int, dim: int, consensus: bool = False):
+    def __init__(self, dim_in: int, dim: int, consensus: bool = False, weights: str = "softmax"):
         super().__init__()
+        self.normalise = masked_sparsemax if weights == "sparsemax" else masked_softmax
         self.proj = nn.Linear(dim_in, dim)
         self.agreement = nn.Linear(dim_in, dim, bias=False) if consensus else None
         self.score = nn.Linear(dim, 1, bias=False)
@@ -167,7 +187,7 @@ class GroupAttention(nn.Module):
             consensus = F.normalize(masked_mean(groups, mask), dim=-1).unsqueeze(1)
             # x dim: the product of two unit vectors has components ~1/dim; scaled, they are ~1 like the groups
             hidden = hidden + self.agreement(F.normalize(groups, dim=-1) * consensus * groups.shape[-1])
-        weights = masked_softmax(self.score(torch.tanh(hidden)).squeeze(-1), mask)
+        weights = self.normalise(self.score(torch.tanh(hidden)).squeeze(-1), mask)
         return (weights.unsqueeze(-1) * groups).sum(1), weights
 
 
@@ -187,7 +207,8 @@ class TaggerHead(nn.Module):
         else:
             self.fusion = ConcatFusion(h, h, config.mfb_o, config.dropout, hidden_relu=config.fusion == "concat_mlp")
         if config.use_high_level_attention:
-            self.high_attention = GroupAttention(config.mfb_o, config.attention_dim, config.view_consensus)
+            self.high_attention = GroupAttention(config.mfb_o, config.attention_dim, config.view_consensus,
+                                                 config.group_weights)
         self.dropout = nn.Dropout(config.dropout)
         # MFB's output is a unit vector (components ~ 1/sqrt(o)): scaled by sqrt(o) the classifier sees
         # unit-variance inputs, as after the concatenation's linear layer; otherwise its weights must grow
