@@ -30,6 +30,7 @@ import torch
 
 from fashionbert.synthetic.drawing import STRAY
 from fashionbert.tagging import HeadInputs, StateCache, TagDataset, Tagger, score_metrics
+from fashionbert.tagging.training import head_input_batches
 from indexer.feature_store import FeatureStore
 
 KINDS_COLUMN = "image_kinds"
@@ -77,11 +78,8 @@ def stray_view_weight(tagger: Tagger, data: TagDataset, rows: Sequence[int], kin
     stray_rows = [rows[i] for i in stray_positions(rows, kinds)]
     if not stray_rows or kinds is None:
         return {}
-    tagger.eval()
     learnt, uniform = [], []
-    for i in range(0, len(stray_rows), batch_size):
-        chunk = stray_rows[i:i + batch_size]
-        x = cache.batch(chunk, ["full"] * len(chunk)) if cache is not None else tagger.encode(*data.inputs(chunk))
+    for chunk, x in head_input_batches(tagger, data, stray_rows, cache, batch_size):
         weights = tagger.head.view_weights(x).float().cpu().numpy()
         for w, r in zip(weights, chunk):
             slot = kinds[r].index(STRAY)
@@ -109,11 +107,8 @@ def stray_hidden_metrics(tagger: Tagger, data: TagDataset, rows: Sequence[int], 
     if not positions or kinds is None:
         return {}
     stray_rows = [rows[i] for i in positions]
-    tagger.eval()
     out = []
-    for i in range(0, len(stray_rows), batch_size):
-        chunk = stray_rows[i:i + batch_size]
-        x = cache.batch(chunk, ["full"] * len(chunk)) if cache is not None else tagger.encode(*data.inputs(chunk))
+    for chunk, x in head_input_batches(tagger, data, stray_rows, cache, batch_size):
         hidden = torch.zeros_like(x.view_mask, dtype=torch.bool)
         for b, r in enumerate(chunk):
             for slot, kind in enumerate(kinds[r]):

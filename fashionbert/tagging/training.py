@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -188,16 +188,24 @@ def training_split(data: TagDataset, val_fraction: float, seed: int) -> tuple[li
     return [usable[i] for i in train_rows], [usable[i] for i in val_rows]
 
 
+def head_input_batches(tagger: Tagger, data: TagDataset, rows: Sequence[int], cache: StateCache | None,
+                       batch_size: int = 64) -> Iterator[tuple[list[int], HeadInputs]]:
+    """``rows`` in chunks with their head inputs (full inputs), from the cache when the trunk is frozen.
+
+    Puts the tagger in eval mode; callers score under ``torch.no_grad()``.
+    """
+    tagger.eval()
+    for i in range(0, len(rows), batch_size):
+        chunk = list(rows[i:i + batch_size])
+        yield chunk, cache.batch(chunk, ["full"] * len(chunk)) if cache is not None else tagger.encode(*data.inputs(chunk))
+
+
 def scores_of(tagger: Tagger, data: TagDataset, rows: Sequence[int], cache: StateCache | None,
               batch_size: int = 64) -> np.ndarray:
     """Sigmoid scores of ``rows`` (full inputs), from the cache when the trunk is frozen."""
-    tagger.eval()
-    out = []
     with torch.no_grad():
-        for i in range(0, len(rows), batch_size):
-            chunk = list(rows[i:i + batch_size])
-            x = cache.batch(chunk, ["full"] * len(chunk)) if cache is not None else tagger.encode(*data.inputs(chunk))
-            out.append(torch.sigmoid(tagger.head(x)).float().cpu())
+        out = [torch.sigmoid(tagger.head(x)).float().cpu()
+               for _, x in head_input_batches(tagger, data, rows, cache, batch_size)]
     return torch.cat(out).numpy() if out else np.zeros((0, len(tagger.vocabulary)), np.float32)
 
 
