@@ -7,7 +7,8 @@ import json
 import pytest
 import torch
 
-from fashionbert.tagging import TaggerConfig, masked_softmax, masked_sparsemax
+from fashionbert.tagging import TaggerConfig, TaggerHead, masked_softmax, masked_sparsemax
+from fashionbert.tagging.config import GROUP_WEIGHTINGS
 from fashionbert.tagging.model import GroupAttention
 from pipelines.tags import ABLATIONS, ablation_variants
 
@@ -65,5 +66,9 @@ def test_config_checks_and_reads_the_group_weights(tmp_path):
     saved.pop("group_weights")  # a tagger saved before the option: built with a softmax
     (tmp_path / "tagger_config.json").write_text(json.dumps(saved))
     assert TaggerConfig.load(tmp_path).group_weights == "softmax"
+    for name in GROUP_WEIGHTINGS:  # every weighting the config accepts builds a head
+        TaggerHead(TaggerConfig(num_tags=3, hidden_size=16, attention_dim=8, mfb_o=8, group_weights=name))
+    with pytest.raises(ValueError, match="group weights"):
+        GroupAttention(12, 8, weights="entmax")  # never silently a softmax
     assert ABLATIONS["sparse_group_weights"] == {"group_weights": "sparsemax"}
     assert ablation_variants(["sparse_group_weights"]) == ["full", "sparse_group_weights"]

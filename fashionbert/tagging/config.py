@@ -19,6 +19,7 @@ LOSSES = ("bce", "focal")
 # and text vectors can only add up); "concat_mlp": the same with a ReLU, a one-hidden-layer MLP that can
 # learn interactions too (the ablation's form before stop 17; reported beside it, docs/design.md item 44).
 FUSIONS = ("mfb", "concat", "concat_mlp")
+GROUP_WEIGHTINGS = ("softmax", "sparsemax")  # how the high-level attention normalises its group scores
 
 
 @dataclass
@@ -42,7 +43,7 @@ class TaggerConfig:
     # The high-level attention reads each group beside its agreement with the product's mean group, so
     # a view unlike the others (a stray photo of another product) can be told apart (design item 47).
     view_consensus: bool = True
-    # "softmax", or "sparsemax": the high-level attention can give a group exactly zero weight (design item 55)
+    # one of GROUP_WEIGHTINGS; with "sparsemax" the high-level attention can give a group exactly zero weight (item 55)
     group_weights: str = "softmax"
     freeze_trunk: bool = True
     min_tag_count: int = 2  # tags seen fewer times in the training catalog are not predicted
@@ -60,8 +61,9 @@ class TaggerConfig:
             raise ValueError(f"TaggerConfig.dropout must be in [0, 1), got {self.dropout}")
         if self.fusion not in FUSIONS:
             raise ValueError(f"TaggerConfig.fusion must be one of {', '.join(FUSIONS)}, got {self.fusion!r}")
-        if self.group_weights not in ("softmax", "sparsemax"):
-            raise ValueError(f"TaggerConfig.group_weights must be 'softmax' or 'sparsemax', got {self.group_weights!r}")
+        if self.group_weights not in GROUP_WEIGHTINGS:
+            raise ValueError(f"TaggerConfig.group_weights must be one of {', '.join(GROUP_WEIGHTINGS)}, "
+                             f"got {self.group_weights!r}")
         if self.trunk_passes not in ("joint", "separate"):
             raise ValueError(f"TaggerConfig.trunk_passes must be 'joint' or 'separate', got {self.trunk_passes!r}")
         if self.min_tag_count < 1:

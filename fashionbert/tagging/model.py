@@ -175,7 +175,10 @@ class GroupAttention(nn.Module):
 
     def __init__(self, dim_in: int, dim: int, consensus: bool = False, weights: str = "softmax"):
         super().__init__()
-        self.normalise = masked_sparsemax if weights == "sparsemax" else masked_softmax
+        normalisers = {"softmax": masked_softmax, "sparsemax": masked_sparsemax}
+        if weights not in normalisers:
+            raise ValueError(f"group weights must be one of {', '.join(normalisers)}, got {weights!r}")
+        self.normalise = normalisers[weights]
         self.proj = nn.Linear(dim_in, dim)
         self.agreement = nn.Linear(dim_in, dim, bias=False) if consensus else None
         self.score = nn.Linear(dim, 1, bias=False)
