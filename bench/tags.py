@@ -27,7 +27,7 @@ from fashionbert.encoder import FashionBert
 from fashionbert.modeling import FashionBertModel
 from fashionbert.synthetic import generate_catalog
 from fashionbert.tagging import StateCache, TagDataset, TaggerConfig, TrainOptions, fit_tagger
-from fashionbert.tagging.training import VARIANTS
+from fashionbert.tagging.dataset import VARIANTS
 from fashionbert.text import train_tokenizer
 
 

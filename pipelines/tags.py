@@ -37,7 +37,8 @@ from fashionbert.tagging import (
     score_metrics,
 )
 from fashionbert.tagging.metrics import TABLE_COLUMNS, markdown_table
-from fashionbert.tagging.training import VARIANTS, pos_weights, scores_of, training_split
+from fashionbert.tagging.dataset import FULL, STRAY, VARIANTS
+from fashionbert.tagging.training import pos_weights, scores_of, training_split
 from fashionbert.tagging.vocabulary import clean_tags
 from indexer.catalog import read_catalog
 from indexer.embeddings import checkpoint_sha256
@@ -96,7 +97,8 @@ def load_tag_data(catalog: Path, features: Path, max_views: int, *, need_tags: b
                          f"`fashionbert features --catalog {catalog} --out {features}`")
     tags = cat.table.column("tags").to_pylist() if "tags" in names else [[] for _ in ids]
     data = TagDataset(cat.table.column("title").to_pylist(), [clean_tags(t) for t in tags],
-                      views=lambda i: store.views(ids[i], max_views), product_ids=ids)
+                      views=lambda i: store.views(ids[i], max_views), product_ids=ids,
+                      groups=cat.table.column("sub_category").to_pylist())
     return data, store
 
 
@@ -147,6 +149,8 @@ class TagTrainConfig:
     select_on: str = "map"  # validation metric that picks the epoch (TrainOptions.select_on)
     val_fraction: float = 0.1
     modality_dropout: float = 0.3
+    stray_injection: float = 0.0  # TrainOptions.stray_injection (design item 56)
+    stray_loss_weight: float = 1.0
     device: str = "cpu"
     progress: bool = True
     head: dict[str, Any] = field(default_factory=dict)  # TaggerConfig fields: glimpses, max_views, min_tag_count, ...
@@ -157,14 +161,16 @@ class TagTrainConfig:
     def options(self) -> TrainOptions:
         return TrainOptions(max_epochs=self.epochs, max_minutes=self.max_minutes, batch_size=self.batch_size, lr=self.lr,
                             loss=self.loss, patience=self.patience, select_on=self.select_on, val_fraction=self.val_fraction,
-                            modality_dropout=self.modality_dropout, seed=self.seed, progress=self.progress)
+                            modality_dropout=self.modality_dropout, stray_injection=self.stray_injection,
+                            stray_loss_weight=self.stray_loss_weight, seed=self.seed, progress=self.progress)
 
     def record(self) -> dict[str, Any]:
         return {k: str(Path(v).resolve()) if isinstance(v, Path) else v for k, v in asdict(self).items()}
 
     @classmethod
     def from_record(cls, record: dict[str, Any], **changes: Any) -> TagTrainConfig:
-        fields_ = {"select_on": "f1@3", **record, **changes}  # taggers recorded before select_on chose on F1@3
+        # taggers recorded before select_on chose on F1@3, and before stray injection had none
+        fields_ = {"select_on": "f1@3", "stray_injection": 0.0, **record, **changes}
         for key in ("catalog", "features", "checkpoint", "out"):
             if fields_.get(key) is not None:
                 fields_[key] = Path(fields_[key])
@@ -352,7 +358,8 @@ def run_ablations(cfg: TagTrainConfig, heldout_catalog: Path, heldout_features: 
     if base.freeze_trunk:
         echo("tags ablations: computing the frozen trunk's states once for all runs")
         cache = StateCache(trunk, train, base.max_views, passes=base.trunk_passes)
-        cache.warm(tagged_rows(train, cfg.catalog), VARIANTS if options.modality_dropout > 0 else ("full",))
+        cache.warm(tagged_rows(train, cfg.catalog), (VARIANTS if options.modality_dropout > 0 else (FULL,))
+                   + ((STRAY,) if options.stray_injection > 0 else ()))
         held_cache = StateCache(trunk, held, base.max_views, passes=base.trunk_passes)
         held_cache.warm(rows)
     table: dict[str, dict[str, float]] = {}

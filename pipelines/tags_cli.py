@@ -43,6 +43,11 @@ def train(
     min_tag_count: Annotated[int, typer.Option(min=1, help="Tags on fewer training products are not predicted.")] = 2,
     trunk_passes: Annotated[str, typer.Option(help="joint (one title+image pass) | separate (text and image passes; "
                                                    "the head alone fuses them).")] = "joint",
+    stray_injection: Annotated[float, typer.Option(min=0.0, max=1.0, help="Share of training rows per epoch read with one "
+                                                   "photo (not the first) swapped for another product's, to teach the view "
+                                                   "attention to drop strays (needs --max-views >= 2).")] = 0.0,
+    stray_loss_weight: Annotated[float, typer.Option(min=0.0, help="Weight of the loss on an injected stray's view weight "
+                                                     "(0: the tag loss alone teaches it).")] = 1.0,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
 ) -> None:
     """Train a tagger on a catalog's tags, photos and titles.
@@ -58,7 +63,8 @@ def train(
         raise ValueError(f"--loss must be bce or focal, not {loss!r}")
     cfg = TagTrainConfig(catalog=catalog, features=features, checkpoint=checkpoint, out=out, max_minutes=max_minutes,
                          epochs=epochs, fine_tune_trunk=fine_tune_trunk, loss=loss, seed=seed, batch_size=batch_size, lr=lr,
-                         patience=patience, select_on=select_on, device=device,
+                         patience=patience, select_on=select_on, stray_injection=stray_injection,
+                         stray_loss_weight=stray_loss_weight, device=device,
                          head={"max_views": max_views, "min_tag_count": min_tag_count, "trunk_passes": trunk_passes})
     typer.echo(train_tagger(cfg, echo=typer.echo).line())
 

@@ -6,6 +6,7 @@ feature job over every view, a tiny checkpoint and the real training and evaluat
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -118,3 +119,22 @@ def test_eval_reports_the_stray_products_and_the_weight_on_strays(tag_data: TagD
     assert mean_weight == pytest.approx(metrics["model.stray_view_weight_uniform"])  # the masked mean: 1 / views
     assert all("with_stray.f1@3" in m and "with_stray.f1@3_sd" in m and "stray_hidden.f1@3_sd" in m
                for m in ablations.values())
+
+
+def test_train_records_stray_injection_and_old_records_read_as_without(tag_data: TagData, held_all_views: Path,  # noqa: F811
+                                                                      tmp_path):
+    """`tags train --stray-injection` through the job: injected strays are announced and recorded, and a tagger
+    recorded before the option (no key) is re-trained by its ablations without them."""
+    lines: list[str] = []
+    tagger = tmp_path / "tagger"
+    train_tagger(TagTrainConfig(tag_data.test_catalog, held_all_views, tag_data.checkpoint, tagger, head=FOUR_VIEWS,
+                                stray_injection=0.5, stray_loss_weight=2.0, **{**FAST, "epochs": 2}), echo=lines.append)
+    assert any("injected strays on 50% of the rows (stray loss weight 2)" in line for line in lines)
+    record = json.loads((tagger / "tagger_info.json").read_text())["train"]
+    assert record["stray_injection"] == 0.5 and record["stray_loss_weight"] == 2.0
+    assert TagTrainConfig.from_record(record).options().stray_injection == 0.5
+    old = {k: v for k, v in record.items() if k not in ("stray_injection", "stray_loss_weight")}
+    assert TagTrainConfig.from_record(old).options().stray_injection == 0.0
+    data, _ = load_tag_data(tag_data.test_catalog, held_all_views, 4)
+    planned = [r for r in range(len(data)) if data.stray_plan(r, 4) is not None]
+    assert planned and all(data.groups[data.stray_plan(r, 4).donor] == data.groups[r] for r in planned)  # sub-category

@@ -232,26 +232,32 @@ class TaggerHead(nn.Module):
         g = fused.shape[1]
         return fused.reshape(b, v * g, -1), x.view_mask.unsqueeze(-1).expand(b, v, g).reshape(b, v * g)
 
-    def pooled(self, x: HeadInputs) -> torch.Tensor:
-        groups, mask = self.fused_groups(x)
-        if self.config.use_high_level_attention:
-            return self.high_attention(groups, mask)[0]
-        return masked_mean(groups, mask)
+    def pooled_and_view_weights(self, x: HeadInputs) -> tuple[torch.Tensor, torch.Tensor]:
+        """The pooled vector [B, o] and each view's share of it [B, V] (its glimpses' weights summed).
 
-    def forward(self, x: HeadInputs) -> torch.Tensor:
-        return self.classifier(self.dropout(self.pooled(x) * self.fused_scale))
-
-    def view_weights(self, x: HeadInputs) -> torch.Tensor:
-        """Each view's share of the pooled vector, [B, V] (its glimpses' weights summed; a row sums to 1).
-
-        Why: it shows what the high-level attention does with a product's photos, e.g. how little
-        it keeps of a stray photo of another product. Without the high-level attention every real
-        view weighs the same (the masked mean), which is what the ablation is compared with.
+        Without the high-level attention every real view weighs the same (the masked mean), which
+        is what the ablation is compared with.
         """
         groups, mask = self.fused_groups(x)
         if self.config.use_high_level_attention:
-            weights = self.high_attention(groups, mask)[1]
+            pooled, weights = self.high_attention(groups, mask)
         else:
-            weights = mask.float() / mask.float().sum(-1, keepdim=True).clamp_min(1.0)
+            pooled, weights = masked_mean(groups, mask), mask.float() / mask.float().sum(-1, keepdim=True).clamp_min(1.0)
         b, v = x.view_mask.shape
-        return weights.view(b, v, -1).sum(-1)
+        return pooled, weights.view(b, v, -1).sum(-1)
+
+    def logits_and_view_weights(self, x: HeadInputs) -> tuple[torch.Tensor, torch.Tensor]:
+        """Multi-label logits [B, tags] and the views' shares [B, V] from one pass (training reads both)."""
+        pooled, weights = self.pooled_and_view_weights(x)
+        return self.classifier(self.dropout(pooled * self.fused_scale)), weights
+
+    def forward(self, x: HeadInputs) -> torch.Tensor:
+        return self.logits_and_view_weights(x)[0]
+
+    def view_weights(self, x: HeadInputs) -> torch.Tensor:
+        """Each view's share of the pooled vector, [B, V] (a row sums to 1).
+
+        Why: it shows what the high-level attention does with a product's photos, e.g. how little
+        it keeps of a stray photo of another product.
+        """
+        return self.pooled_and_view_weights(x)[1]

@@ -10,6 +10,10 @@ Choices and why:
 * **Modality dropout.** A share of the training rows loses its image or its title each
   epoch (re-drawn per epoch), so a product with only one of them at inference is not out of
   distribution. Variants are cached like full rows.
+* **Injected strays** (``stray_injection``, off by default): a share of the rows is read with
+  one photo swapped for another product's (``fashionbert.tagging.dataset``), and a loss on that
+  photo's view weight, -log(1 - w), teaches the high-level attention to drop it. The catalog
+  never says which of its photos are strays; an injected one's slot is known.
 * **BCE with pos_weight** = (negatives / positives) of each tag on the training split, clamped
   to [1, max_pos_weight]: rare tags are up-weighted, common ones never down-weighted. Focal loss
   (Lin et al. 2017) is the alternative for heavier imbalance.
@@ -39,38 +43,14 @@ from tqdm import tqdm
 
 from fashionbert.encoder import FashionBert
 from fashionbert.tagging.config import LOSSES, TaggerConfig
+from fashionbert.tagging.dataset import FULL, NO_IMAGE, NO_TITLE, STRAY, VARIANTS, TagDataset
 from fashionbert.tagging.metrics import score_metrics
 from fashionbert.tagging.model import HeadInputs
 from fashionbert.tagging.tagger import ProductStates, Tagger, collate_states, encode_states, split_states
 from fashionbert.tagging.vocabulary import TagVocabulary, clean_tags
 
 Echo = Callable[[str], None]
-VARIANTS = ("full", "no_image", "no_title")
 SELECTION_METRICS = ("map", "f1@3")
-
-
-@dataclass
-class TagDataset:
-    """Products as the tagger reads them; ``views(i)`` loads product i's [V, 64, D] features lazily (None: no image)."""
-
-    titles: list[str]
-    tags: list[list[str]]
-    views: Callable[[int], np.ndarray | None]
-    product_ids: list[str] | None = None
-
-    def __post_init__(self) -> None:
-        if len(self.titles) != len(self.tags):
-            raise ValueError(f"{len(self.titles)} titles but {len(self.tags)} tag lists")
-
-    def __len__(self) -> int:
-        return len(self.titles)
-
-    def inputs(self, rows: Sequence[int], variants: Sequence[str] | None = None) -> tuple[list[str], list[Any]]:
-        """Titles and views of ``rows``, with a modality removed where the variant says so."""
-        variants = variants or ["full"] * len(rows)
-        titles = ["" if v == "no_title" else self.titles[r] for r, v in zip(rows, variants)]
-        views = [None if v == "no_image" else self.views(r) for r, v in zip(rows, variants)]
-        return titles, views
 
 
 @dataclass
@@ -88,6 +68,10 @@ class TrainOptions:
     patience: int = 10  # epochs without a better validation score before stopping (it is noisy on small catalogs)
     select_on: str = "map"  # the validation metric that picks the epoch: one of SELECTION_METRICS
     modality_dropout: float = 0.3  # share of training rows per epoch without one modality (half image, half title)
+    # share of the other rows per epoch read with an injected stray photo (fashionbert.tagging.dataset; rows with
+    # two views read), and the weight of the loss that teaches the high-level attention to drop it (design item 56)
+    stray_injection: float = 0.0
+    stray_loss_weight: float = 1.0
     seed: int = 0
     encode_batch_size: int = 64
     progress: bool = True
@@ -99,6 +83,10 @@ class TrainOptions:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         if not 0.0 <= self.modality_dropout <= 1.0:
             raise ValueError(f"modality_dropout must be in [0, 1], got {self.modality_dropout}")
+        if not 0.0 <= self.stray_injection <= 1.0:
+            raise ValueError(f"stray_injection must be in [0, 1], got {self.stray_injection}")
+        if self.stray_loss_weight < 0:
+            raise ValueError(f"stray_loss_weight must be >= 0, got {self.stray_loss_weight}")
         if self.select_on not in SELECTION_METRICS:
             raise ValueError(f"select_on must be one of {', '.join(SELECTION_METRICS)}, not {self.select_on!r}")
         if self.max_epochs < 1 or self.batch_size < 1:
@@ -128,17 +116,22 @@ class StateCache:
     def __len__(self) -> int:
         return len(self._states)
 
-    def warm(self, rows: Sequence[int], variants: Sequence[str] = ("full",)) -> None:
-        """Compute every (row, variant) now (e.g. so budgets compared across runs exclude it)."""
+    def warm(self, rows: Sequence[int], variants: Sequence[str] = (FULL,)) -> None:
+        """Compute every (row, variant) now (e.g. so budgets compared across runs exclude it).
+
+        The ``stray`` variant is computed for the rows that have a stray plan.
+        """
         for variant in variants:
-            self.batch(list(rows), [variant] * len(rows))
+            chosen = [r for r in rows if variant != STRAY or self.data.stray_plan(r, self.max_views) is not None]
+            if chosen:
+                self.batch(chosen, [variant] * len(chosen))
 
     @torch.no_grad()
     def _fill(self, keys: list[tuple[int, str]]) -> None:
         self.trunk.model.eval()
         for i in range(0, len(keys), self.batch_size):
             chunk = keys[i:i + self.batch_size]
-            titles, views = self.data.inputs([r for r, _ in chunk], [v for _, v in chunk])
+            titles, views = self.data.inputs([r for r, _ in chunk], [v for _, v in chunk], self.max_views)
             for key, states in zip(chunk, split_states(encode_states(self.trunk, titles, views, self.max_views, self.passes))):
                 self._states[key] = states
 
@@ -197,7 +190,7 @@ def head_input_batches(tagger: Tagger, data: TagDataset, rows: Sequence[int], ca
     tagger.eval()
     for i in range(0, len(rows), batch_size):
         chunk = list(rows[i:i + batch_size])
-        yield chunk, cache.batch(chunk, ["full"] * len(chunk)) if cache is not None else tagger.encode(*data.inputs(chunk))
+        yield chunk, cache.batch(chunk, [FULL] * len(chunk)) if cache is not None else tagger.encode(*data.inputs(chunk))
 
 
 def scores_of(tagger: Tagger, data: TagDataset, rows: Sequence[int], cache: StateCache | None,
@@ -211,7 +204,30 @@ def scores_of(tagger: Tagger, data: TagDataset, rows: Sequence[int], cache: Stat
 
 def _variants(n: int, share: float, gen: torch.Generator) -> list[str]:
     draw = torch.rand(n, generator=gen).tolist()
-    return ["no_image" if u < share / 2 else "no_title" if u < share else "full" for u in draw]
+    return [NO_IMAGE if u < share / 2 else NO_TITLE if u < share else FULL for u in draw]
+
+
+def _inject_strays(rows: Sequence[int], variants: list[str], share: float, data: TagDataset, max_views: int,
+                   gen: torch.Generator) -> list[str]:
+    """``variants`` with a ``share`` of the full rows that have a stray plan turned into ``stray`` rows.
+
+    Draws from ``gen`` only when ``share`` > 0, so runs without injection keep their old random stream.
+    """
+    if share <= 0:
+        return variants
+    draw = torch.rand(len(rows), generator=gen).tolist()
+    return [STRAY if v == FULL and u < share and data.stray_plan(r, max_views) is not None else v
+            for r, v, u in zip(rows, variants, draw)]
+
+
+def stray_loss(view_weights: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+    """Mean -log(1 - w) of the injected strays' view weights ``w`` ([N] slots of [N, V] weights).
+
+    Zero when the attention drops a stray entirely, growing without bound as it keeps all of it;
+    the tag loss alone only asks that the stray not change the top tags.
+    """
+    share = view_weights.gather(1, slots.unsqueeze(1)).squeeze(1)
+    return -torch.log1p(-share.clamp(max=1.0 - 1e-6)).mean()
 
 
 def fit_tagger(trunk: FashionBert, data: TagDataset, config: TaggerConfig = TaggerConfig(),
@@ -238,9 +254,13 @@ def fit_tagger(trunk: FashionBert, data: TagDataset, config: TaggerConfig = Tagg
         groups.append({"params": list(trunk.model.parameters()), "lr": options.trunk_lr})
     optimizer = torch.optim.AdamW(groups, weight_decay=options.weight_decay)
     gen = torch.Generator().manual_seed(options.seed)
+    # without the high-level attention every view weighs the same: there is nothing for the stray loss to teach
+    teach_strays = options.stray_loss_weight > 0 and tagger.config.use_high_level_attention
     echo(f"tagger: {len(train_rows)} train / {len(val_rows)} validation products, {len(vocabulary)} tags "
          f"(min count {config.min_tag_count}), trunk {'frozen (cached states)' if frozen else 'fine-tuned'}, "
-         f"loss {options.loss}")
+         f"loss {options.loss}"
+         + (f", injected strays on {options.stray_injection:.0%} of the rows (stray loss weight {options.stray_loss_weight:g})"
+            if options.stray_injection > 0 else ""))
 
     result = FitResult(tagger, n_train=len(train_rows), n_val=len(val_rows))
     best_state: dict[str, Any] | None = None
@@ -249,7 +269,8 @@ def fit_tagger(trunk: FashionBert, data: TagDataset, config: TaggerConfig = Tagg
     for epoch in range(1, options.max_epochs + 1):
         e0, losses, seen = time.perf_counter(), [], 0
         order = [train_rows[i] for i in torch.randperm(len(train_rows), generator=gen).tolist()]
-        variants = _variants(len(order), options.modality_dropout, gen)
+        variants = _inject_strays(order, _variants(len(order), options.modality_dropout, gen), options.stray_injection,
+                                  data, tagger.config.max_views, gen)
         tagger.head.train()
         if not frozen:
             trunk.model.train()
@@ -258,9 +279,15 @@ def fit_tagger(trunk: FashionBert, data: TagDataset, config: TaggerConfig = Tagg
                   leave=False) as bar:
             for i in range(0, len(order), options.batch_size):
                 rows, var = order[i:i + options.batch_size], variants[i:i + options.batch_size]
-                x = cache.batch(rows, var) if cache is not None else tagger.encode(*data.inputs(rows, var))
-                loss = tag_loss(tagger.head(x), targets[rows].to(tagger.device), pos_weight, options.loss,
-                                options.focal_gamma)
+                x = (cache.batch(rows, var) if cache is not None
+                     else tagger.encode(*data.inputs(rows, var, tagger.config.max_views)))
+                logits, view_weights = tagger.head.logits_and_view_weights(x)
+                loss = tag_loss(logits, targets[rows].to(tagger.device), pos_weight, options.loss, options.focal_gamma)
+                injected = [b for b, v in enumerate(var) if v == STRAY]
+                if injected and teach_strays:
+                    slots = torch.tensor([data.stray_plan(rows[b], tagger.config.max_views).slot for b in injected],
+                                         device=view_weights.device)
+                    loss = loss + options.stray_loss_weight * stray_loss(view_weights[injected], slots)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()

@@ -1,0 +1,143 @@
+"""Products as the tagger reads them, and the training variants of a product.
+
+A training row is read as one of these variants:
+
+* ``full``: its title and its views;
+* ``no_image`` / ``no_title``: one modality removed (modality dropout, so a product with only one
+  of them at inference is not out of distribution);
+* ``stray``: one of its views, never the first (the front shot), swapped for a photo of another
+  product of the same sub-category - an **injected stray**. Why: real photo sets hold such
+  mix-ups (a sibling listing's colourway uploaded by mistake), and the tagger's high-level
+  attention over views exists to drop them; but the catalog does not say which photos are
+  strays, so the tag loss alone is a weak teacher. An injected stray's slot is known, so the
+  attention can be taught directly to give it no weight (``TrainOptions.stray_loss_weight``),
+  on any catalog, with no label (docs/design.md item 56).
+
+Each row's stray plan (which slot, which donor product and view) is a pure function of the row
+and the catalog, drawn once from a generator seeded with the row: the frozen trunk's states of
+a ``stray`` row can then be cached like the others and shared by every run on the same data.
+Donors come from the whole catalog given (also the validation rows): a donor's photo is
+something the model is taught to ignore, never a label.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+FULL, NO_IMAGE, NO_TITLE, STRAY = "full", "no_image", "no_title", "stray"
+VARIANTS = (FULL, NO_IMAGE, NO_TITLE)  # the modality-dropout variants (every row has them)
+STRAY_PLAN_SEED = 1729  # the stray plans' generator seed (with the row), fixed so caches are shared across runs
+DONOR_TRIES = 16  # draws of a donor with an image before a row is left without a stray plan
+
+
+@dataclass(frozen=True)
+class StrayPlan:
+    """Row ``host`` read with its view ``slot`` replaced by view ``donor_view`` of product ``donor``."""
+
+    host: int
+    slot: int
+    donor: int
+    donor_view: int
+
+
+@dataclass
+class TagDataset:
+    """Products as the tagger reads them; ``views(i)`` loads product i's [V, 64, D] features lazily (None: no image).
+
+    ``groups`` (e.g. each product's sub-category) is where an injected stray's donor comes from:
+    a product of the same group, so the stray differs in colour or pattern, not in kind, as real
+    mix-ups do. Without groups the donor is any other product.
+    """
+
+    titles: list[str]
+    tags: list[list[str]]
+    views: Callable[[int], np.ndarray | None]
+    product_ids: list[str] | None = None
+    groups: list[str] | None = None
+    _plans: dict[tuple[int, int], StrayPlan | None] = field(default_factory=dict, init=False, repr=False)
+    _members: dict[str, list[int]] | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if len(self.titles) != len(self.tags):
+            raise ValueError(f"{len(self.titles)} titles but {len(self.tags)} tag lists")
+        if self.groups is not None and len(self.groups) != len(self.titles):
+            raise ValueError(f"{len(self.titles)} titles but {len(self.groups)} groups")
+
+    def __len__(self) -> int:
+        return len(self.titles)
+
+    def _view_count(self, row: int) -> int:
+        views = self.views(row)
+        return 0 if views is None else len(views)
+
+    def _candidates(self, row: int) -> list[int]:
+        if self.groups is None:
+            return [r for r in range(len(self)) if r != row]
+        if self._members is None:
+            members: dict[str, list[int]] = defaultdict(list)
+            for r, g in enumerate(self.groups):
+                members[g].append(r)
+            self._members = dict(members)
+        return [r for r in self._members[self.groups[row]] if r != row]
+
+    def stray_plan(self, row: int, max_views: int) -> StrayPlan | None:
+        """Where row ``row`` gets its injected stray when read with ``max_views`` views (None: it cannot).
+
+        A row needs two views read (the first is never replaced: the front shot is the listing's
+        main photo) and a donor with an image in its group.
+        """
+        key = (row, max_views)
+        if key not in self._plans:
+            self._plans[key] = self._draw_plan(row, max_views)
+        return self._plans[key]
+
+    def _draw_plan(self, row: int, max_views: int) -> StrayPlan | None:
+        shown = min(self._view_count(row), max_views)
+        candidates = self._candidates(row)
+        if shown < 2 or not candidates:
+            return None
+        rng = np.random.default_rng([STRAY_PLAN_SEED, row])
+        slot = 1 + int(rng.integers(shown - 1))
+        for _ in range(DONOR_TRIES):
+            donor = candidates[int(rng.integers(len(candidates)))]
+            count = self._view_count(donor)
+            if count:  # a varied shot of the donor when it has one, as the real strays are
+                return StrayPlan(row, slot, donor, 1 if count > 1 else 0)
+        return None
+
+    def stray_views(self, plan: StrayPlan) -> np.ndarray:
+        """The host's views with the plan's slot holding the donor's view."""
+        host = self.views(plan.host)
+        donor = self.views(plan.donor)
+        if host is None or donor is None:
+            raise ValueError(f"stray plan {plan} needs images of both products")
+        views = np.array(host, dtype=np.float32, copy=True)
+        views[plan.slot] = donor[plan.donor_view]
+        return views
+
+    def inputs(self, rows: Sequence[int], variants: Sequence[str] | None = None,
+               max_views: int | None = None) -> tuple[list[str], list[Any]]:
+        """Titles and views of ``rows``, with a modality removed or a stray injected where the variant says so.
+
+        A ``stray`` variant needs ``max_views`` (the plan's slot is among the views read) and a row that has a plan.
+        """
+        variants = variants or [FULL] * len(rows)
+        titles = ["" if v == NO_TITLE else self.titles[r] for r, v in zip(rows, variants)]
+        views = []
+        for r, v in zip(rows, variants):
+            if v == STRAY:
+                plan = self.stray_plan(r, max_views) if max_views is not None else None
+                if plan is None:
+                    raise ValueError(f"row {r} has no stray plan (it needs two views read, max_views={max_views}, "
+                                     "and a donor with an image)")
+                views.append(self.stray_views(plan))
+            elif v in VARIANTS:
+                views.append(None if v == NO_IMAGE else self.views(r))
+            else:
+                raise ValueError(f"unknown variant {v!r}; one of {', '.join((*VARIANTS, STRAY))}")
+        return titles, views

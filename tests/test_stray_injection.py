@@ -1,0 +1,140 @@
+"""Injected strays: a training row read with one photo swapped for another product's (design item 56).
+
+The plans are checked against their contract (never the front shot, a donor of the same group,
+deterministic), the loss against its values, and training end to end on a tiny trunk: taught on
+injected strays, the high-level attention gives a swapped-in photo far less than the masked
+mean's share, and the same run without them does not.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from fashionbert.encoder import FashionBert
+from fashionbert.tagging import StrayPlan, TagDataset, TaggerConfig, TrainOptions, fit_tagger
+from fashionbert.tagging.dataset import STRAY
+from fashionbert.tagging.training import StateCache, _inject_strays, stray_loss
+from tests.tagging_fixtures import TagData, one_torch_thread, tag_data  # noqa: F401 - fixture
+from tests.test_tagging import SMALL_HEAD
+
+P, D = 64, 1280  # the tiny checkpoint's patch grid and feature size
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    with one_torch_thread():
+        yield
+
+
+def _views_dataset(n: int = 40, seed: int = 0) -> TagDataset:
+    """``n`` products of two groups and four styles; product i has 1 + i % 4 views (row 3: none), noisy copies
+    of its style's prototype, and its style as tag."""
+    rng = np.random.default_rng(seed)
+    prototypes = rng.normal(size=(4, P, D)).astype(np.float32)
+    style = [i % 4 for i in range(n)]
+    counts = [0 if i == 3 else 1 + i % 4 for i in range(n)]
+    views = {i: (prototypes[style[i]] + 0.3 * rng.normal(size=(counts[i], P, D))).astype(np.float32)
+             for i in range(n) if counts[i]}
+    return TagDataset([f"item {i} style {style[i]}" for i in range(n)], [[f"style{style[i]}"] for i in range(n)],
+                      views=lambda i: views.get(i), groups=["a" if i < n // 2 else "b" for i in range(n)])
+
+
+def test_plans_never_touch_the_front_shot_and_take_a_donor_of_the_same_group():
+    data = _views_dataset()
+    planned = 0
+    for row in range(len(data)):
+        for max_views in (1, 2, 4):
+            plan = data.stray_plan(row, max_views)
+            shown = min(len(data.views(row)) if data.views(row) is not None else 0, max_views)
+            if shown < 2:
+                assert plan is None  # one view read (or none): nothing may be swapped
+                continue
+            planned += 1
+            assert isinstance(plan, StrayPlan) and plan.host == row and 1 <= plan.slot < shown
+            assert plan.donor != row and data.groups[plan.donor] == data.groups[row]
+            assert data.views(plan.donor) is not None and plan.donor_view < len(data.views(plan.donor))
+            assert plan.donor_view == (1 if len(data.views(plan.donor)) > 1 else 0)  # a varied shot when there is one
+    assert planned > 20
+    again = _views_dataset()  # a fresh dataset draws the same plans: the cache keys (row, "stray") stay valid
+    assert all(again.stray_plan(r, 4) == data.stray_plan(r, 4) for r in range(len(data)))
+    assert len({data.stray_plan(r, 4).slot for r in range(len(data)) if data.stray_plan(r, 4)}) > 1
+
+
+def test_stray_views_swap_exactly_the_planned_slot():
+    data = _views_dataset()
+    plan = next(p for r in range(len(data)) if (p := data.stray_plan(r, 4)) is not None and len(data.views(r)) == 4)
+    titles, (views,) = data.inputs([plan.host], [STRAY], max_views=4)
+    host, donor = data.views(plan.host), data.views(plan.donor)
+    assert titles == [data.titles[plan.host]] and views.shape == host.shape
+    assert np.array_equal(views[plan.slot], donor[plan.donor_view])
+    others = [s for s in range(len(host)) if s != plan.slot]
+    assert np.array_equal(views[others], host[others])
+    assert not np.array_equal(data.views(plan.host)[plan.slot], donor[plan.donor_view])  # the host's copy is untouched
+
+
+def test_a_stray_variant_without_a_plan_or_max_views_is_refused():
+    data = _views_dataset()
+    with pytest.raises(ValueError, match="no stray plan"):
+        data.inputs([0], [STRAY], max_views=4)  # row 0 has one view
+    with pytest.raises(ValueError, match="no stray plan"):
+        data.inputs([5], [STRAY])  # no max_views: the slot is unknown
+    with pytest.raises(ValueError, match="unknown variant"):
+        data.inputs([5], ["blurred"])
+    with pytest.raises(ValueError, match="groups"):
+        TagDataset(["a", "b"], [[], []], views=lambda i: None, groups=["x"])
+
+
+def test_injection_only_turns_full_rows_with_a_plan_and_draws_nothing_when_off():
+    data = _views_dataset()
+    rows = list(range(len(data)))
+    gen = torch.Generator().manual_seed(0)
+    assert _inject_strays(rows, ["full"] * len(rows), 0.0, data, 4, gen) == ["full"] * len(rows)
+    assert torch.equal(gen.get_state(), torch.Generator().manual_seed(0).get_state())  # old runs keep their stream
+    variants = ["no_image" if r % 5 == 0 else "full" for r in rows]
+    out = _inject_strays(rows, variants, 1.0, data, 4, gen)
+    for r, before, after in zip(rows, variants, out):
+        expected = STRAY if before == "full" and data.stray_plan(r, 4) is not None else before
+        assert after == expected
+    assert STRAY in out
+
+
+def test_stray_loss_is_zero_for_a_dropped_stray_and_grows_with_its_weight():
+    weights = torch.tensor([[0.5, 0.0, 0.5], [0.2, 0.8, 0.0]], requires_grad=True)
+    slots = torch.tensor([1, 1])
+    loss = stray_loss(weights, slots)
+    assert loss.item() == pytest.approx(-(np.log(1.0) + np.log(0.2)) / 2, rel=1e-5)
+    loss.backward()
+    assert weights.grad[1, 1] > 0 and weights.grad[0, 1] > 0 and weights.grad[:, [0, 2]].abs().sum() == 0
+    assert torch.isfinite(stray_loss(torch.tensor([[0.0, 1.0]]), torch.tensor([1])))  # all weight on it: large, finite
+
+
+def test_options_check_the_stray_settings():
+    with pytest.raises(ValueError, match="stray_injection"):
+        TrainOptions(stray_injection=1.5)
+    with pytest.raises(ValueError, match="stray_loss_weight"):
+        TrainOptions(stray_loss_weight=-1.0)
+
+
+def _stray_weight(result, data: TagDataset, cache: StateCache) -> float:
+    rows = [r for r in range(len(data)) if data.stray_plan(r, 4) is not None]
+    with torch.no_grad():
+        weights = result.tagger.head.view_weights(cache.batch(rows, [STRAY] * len(rows)))
+    return float(np.mean([float(weights[b, data.stray_plan(r, 4).slot]) for b, r in enumerate(rows)]))
+
+
+def test_training_on_injected_strays_teaches_the_attention_to_drop_them(tag_data: TagData):  # noqa: F811
+    trunk = FashionBert.from_pretrained(tag_data.checkpoint)
+    data = _views_dataset()
+    cache = StateCache(trunk, data, max_views=4)
+    config = TaggerConfig(**SMALL_HEAD, max_views=4, min_tag_count=1)
+    runs = {}
+    for name, share in (("taught", 1.0), ("plain", 0.0)):
+        options = TrainOptions(max_epochs=15, batch_size=8, lr=3e-3, patience=15, val_fraction=0.0, seed=0, progress=False,
+                               modality_dropout=0.0, stray_injection=share)
+        runs[name] = _stray_weight(fit_tagger(trunk, data, config, options, echo=lambda _: None, cache=cache), data, cache)
+    rows = [r for r in range(len(data)) if data.stray_plan(r, 4) is not None]
+    uniform = float(np.mean([1 / min(len(data.views(r)), 4) for r in rows]))
+    assert runs["taught"] < 0.5 * uniform, runs
+    assert runs["taught"] < 0.5 * runs["plain"], runs
