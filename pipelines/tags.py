@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +60,12 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     "no_high_level_attention": {"use_high_level_attention": False},
     "no_view_consensus": {"view_consensus": False},  # high-level attention scoring each group alone (item 47)
     "sparse_group_weights": {"group_weights": "sparsemax"},  # not an ablation: a weighting that can drop a view (item 55)
+    # ablations of the training, not of the head (TrainOptions fields): without the injected strays, and with
+    # them but no loss on their weight (the tag loss alone teaches the attention; design item 56)
+    "no_stray_injection": {"stray_injection": 0.0},
+    "no_stray_loss": {"stray_loss_weight": 0.0},
 }
+TRAINING_FIELDS = frozenset(f.name for f in fields(TrainOptions))  # ablation keys that change the training, not the head
 SPREAD_METRICS = ("f1@3", "map", TREND_COLUMN)  # reported with their standard deviation over seeds (when there)
 
 
@@ -329,6 +334,13 @@ def evaluate_tagger(tagger_dir: Path, catalog: Path, features: Path, json_out: P
     return metrics
 
 
+def _same_training(a: TrainOptions, b: TrainOptions) -> bool:
+    """Whether two option sets train the same way (the stray loss weight is moot without injected strays)."""
+    def effective(o: TrainOptions) -> TrainOptions:
+        return replace(o, stray_loss_weight=0.0) if o.stray_injection == 0 else o
+    return effective(a) == effective(b)
+
+
 def run_ablations(cfg: TagTrainConfig, heldout_catalog: Path, heldout_features: Path, *, out_dir: Path | None = None,
                   json_out: Path | None = None, seeds: int = 1, variants: Sequence[str] | None = None,
                   echo: Echo = print) -> dict[str, dict[str, float]]:
@@ -364,12 +376,17 @@ def run_ablations(cfg: TagTrainConfig, heldout_catalog: Path, heldout_features: 
         held_cache.warm(rows)
     table: dict[str, dict[str, float]] = {}
     for name in names:
-        config = TaggerConfig.from_dict({**base.to_dict(), **ABLATIONS[name]})
+        head_changes = {k: v for k, v in ABLATIONS[name].items() if k not in TRAINING_FIELDS}
+        training_changes = {k: v for k, v in ABLATIONS[name].items() if k in TRAINING_FIELDS}
+        config = TaggerConfig.from_dict({**base.to_dict(), **head_changes})
+        if name != "full" and config == base and _same_training(replace(options, **training_changes), options):
+            echo(f"tags ablations: {name} skipped: it trains exactly as full does here")
+            continue
         runs = []
         for seed in range(cfg.seed, cfg.seed + seeds):
             run_trunk = trunk if base.freeze_trunk else FashionBert.from_pretrained(cfg.checkpoint, device=device)
             label = name if seeds == 1 else f"{name} seed {seed}"
-            result = fit_tagger(run_trunk, train, config, replace(options, seed=seed),
+            result = fit_tagger(run_trunk, train, config, replace(options, seed=seed, **training_changes),
                                 echo=lambda m, n=label: echo(f"[{n}] {m}"), cache=cache)
             scores = scores_of(result.tagger, held, rows, held_cache)
             tags = result.tagger.vocabulary.tags

@@ -44,7 +44,7 @@ def train(
     trunk_passes: Annotated[str, typer.Option(help="joint (one title+image pass) | separate (text and image passes; "
                                                    "the head alone fuses them).")] = "joint",
     stray_injection: Annotated[float, typer.Option(min=0.0, max=1.0, help="Share of training rows per epoch read with one "
-                                                   "photo (not the first) swapped for another product's, to teach the view "
+                                                   "photo swapped for the same shot of another product's, to teach the view "
                                                    "attention to drop strays (needs --max-views >= 2).")] = 0.0,
     stray_loss_weight: Annotated[float, typer.Option(min=0.0, help="Weight of the loss on an injected stray's view weight "
                                                      "(0: the tag loss alone teaches it).")] = 1.0,

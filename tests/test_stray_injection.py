@@ -41,7 +41,7 @@ def _views_dataset(n: int = 40, seed: int = 0) -> TagDataset:
                       views=lambda i: views.get(i), groups=["a" if i < n // 2 else "b" for i in range(n)])
 
 
-def test_plans_never_touch_the_front_shot_and_take_a_donor_of_the_same_group():
+def test_plans_take_the_donor_shot_in_the_same_position_from_the_same_group():
     data = _views_dataset()
     planned = 0
     for row in range(len(data)):
@@ -52,14 +52,15 @@ def test_plans_never_touch_the_front_shot_and_take_a_donor_of_the_same_group():
                 assert plan is None  # one view read (or none): nothing may be swapped
                 continue
             planned += 1
-            assert isinstance(plan, StrayPlan) and plan.host == row and 1 <= plan.slot < shown
+            assert isinstance(plan, StrayPlan) and plan.host == row and 0 <= plan.slot < shown
             assert plan.donor != row and data.groups[plan.donor] == data.groups[row]
-            assert data.views(plan.donor) is not None and plan.donor_view < len(data.views(plan.donor))
-            assert plan.donor_view == (1 if len(data.views(plan.donor)) > 1 else 0)  # a varied shot when there is one
+            assert data.views(plan.donor) is not None
+            assert plan.donor_view == min(plan.slot, len(data.views(plan.donor)) - 1)  # the same kind of shot
     assert planned > 20
     again = _views_dataset()  # a fresh dataset draws the same plans: the cache keys (row, "stray") stay valid
     assert all(again.stray_plan(r, 4) == data.stray_plan(r, 4) for r in range(len(data)))
-    assert len({data.stray_plan(r, 4).slot for r in range(len(data)) if data.stray_plan(r, 4)}) > 1
+    # every position, the front shot too: a stray told by its position would teach "keep the front shot alone"
+    assert {data.stray_plan(r, 4).slot for r in range(len(data)) if data.stray_plan(r, 4)} == {0, 1, 2, 3}
 
 
 def test_stray_views_swap_exactly_the_planned_slot():

@@ -138,3 +138,17 @@ def test_train_records_stray_injection_and_old_records_read_as_without(tag_data:
     data, _ = load_tag_data(tag_data.test_catalog, held_all_views, 4)
     planned = [r for r in range(len(data)) if data.stray_plan(r, 4) is not None]
     assert planned and all(data.groups[data.stray_plan(r, 4).donor] == data.groups[r] for r in planned)  # sub-category
+
+
+def test_ablations_of_the_training_change_only_the_training(tag_data: TagData, held_all_views: Path):  # noqa: F811
+    """`no_stray_injection` is the same run as a tagger trained without injected strays, to the last digit."""
+    taught = TagTrainConfig(tag_data.test_catalog, held_all_views, tag_data.checkpoint, head=FOUR_VIEWS,
+                            stray_injection=0.5, **{**FAST, "epochs": 2})
+    table = run_ablations(taught, tag_data.test_catalog, held_all_views, echo=lambda _: None,
+                          variants=["no_stray_injection", "no_stray_loss"])
+    plain = run_ablations(replace(taught, stray_injection=0.0), tag_data.test_catalog, held_all_views, echo=lambda _: None,
+                          variants=[])
+    assert list(table) == ["full", "no_stray_injection", "no_stray_loss"] and list(plain) == ["full"]
+    assert table["no_stray_injection"]["map"] == plain["full"]["map"]
+    assert table["full"]["map"] != plain["full"]["map"]  # the injected strays did change the training
+    assert table["no_stray_loss"]["parameters"] == table["full"]["parameters"]  # the same head

@@ -400,10 +400,13 @@ def test_time_budget_stops_training(tag_data: TagData, tmp_path):  # noqa: F811
 def test_ablations_train_every_variant_on_the_same_data(tag_data: TagData, tmp_path):  # noqa: F811
     cfg = TagTrainConfig(tag_data.train_catalog, tag_data.train_features, tag_data.checkpoint, head=SMALL_HEAD,
                          **{**FAST, "epochs": 2})
+    lines: list[str] = []
     table = run_ablations(cfg, tag_data.test_catalog, tag_data.test_features, json_out=tmp_path / "abl.json",
-                          echo=lambda _: None)
+                          echo=lines.append)
+    # trained without injected strays, the two training ablations would train exactly as full: skipped, and said so
     assert list(table) == ["full", "no_low_level_attention", "concat_fusion", "concat_mlp_fusion", "no_high_level_attention",
                            "no_view_consensus", "sparse_group_weights"]
+    assert sum("skipped: it trains exactly as full does here" in line for line in lines) == 2
     params = {name: m["parameters"] for name, m in table.items()}
     assert all(params[name] < params["full"] for name in table if name not in ("full", "sparse_group_weights"))
     assert params["sparse_group_weights"] == params["full"]  # the same parts, another weighting of the groups
