@@ -139,3 +139,25 @@ def test_training_on_injected_strays_teaches_the_attention_to_drop_them(tag_data
     uniform = float(np.mean([1 / min(len(data.views(r)), 4) for r in rows]))
     assert runs["taught"] < 0.5 * uniform, runs
     assert runs["taught"] < 0.5 * runs["plain"], runs
+
+
+def test_the_stray_loss_trains_the_view_scorer_alone():
+    """With ``scorer_only`` the views' weights carry gradient to the high-level attention, not to the fusion
+    or the low-level attention: the stray loss may teach where to look, not what the fused vectors encode."""
+    from fashionbert.tagging import TaggerHead
+    from tests.test_tagging import _config, _inputs
+
+    torch.manual_seed(0)
+    x = _inputs(v=3)
+    for scorer_only, fusion_learns in ((True, False), (False, True)):
+        head = TaggerHead(_config())
+        logits, weights = head.logits_and_view_weights(x, scorer_only=scorer_only)
+        assert torch.allclose(logits, head(x))  # the same logits either way (no dropout in _config)
+        weights[:, 1].sum().backward()
+        attention = [p.grad for p in head.high_attention.parameters()]
+        fusion = [p.grad for p in (*head.fusion.parameters(), *head.low_attention.parameters())]
+        assert any(g is not None and g.abs().sum() > 0 for g in attention)
+        assert any(g is not None and g.abs().sum() > 0 for g in fusion) == fusion_learns
+    with torch.no_grad():
+        head.eval()
+        assert torch.allclose(head.logits_and_view_weights(x, scorer_only=True)[1], head.view_weights(x))

@@ -281,7 +281,7 @@ def fit_tagger(trunk: FashionBert, data: TagDataset, config: TaggerConfig = Tagg
                 rows, var = order[i:i + options.batch_size], variants[i:i + options.batch_size]
                 x = (cache.batch(rows, var) if cache is not None
                      else tagger.encode(*data.inputs(rows, var, tagger.config.max_views)))
-                logits, view_weights = tagger.head.logits_and_view_weights(x)
+                logits, view_weights = tagger.head.logits_and_view_weights(x, scorer_only=True)
                 loss = tag_loss(logits, targets[rows].to(tagger.device), pos_weight, options.loss, options.focal_gamma)
                 injected = [b for b, v in enumerate(var) if v == STRAY]
                 if injected and teach_strays:
