@@ -60,6 +60,7 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     "no_high_level_attention": {"use_high_level_attention": False},
     "no_view_consensus": {"view_consensus": False},  # high-level attention scoring each group alone (item 47)
     "sparse_group_weights": {"group_weights": "sparsemax"},  # not an ablation: a weighting that can drop a view (item 55)
+    "gated_group_weights": {"group_weights": "gate"},  # nor this: per-view sigmoid gates, the mean when all are open (item 56)
     # ablations of the training, not of the head (TrainOptions fields): without the injected strays, and with
     # them but no loss on their weight (the tag loss alone teaches the attention; design item 56)
     "no_stray_injection": {"stray_injection": 0.0},

@@ -161,3 +161,19 @@ def test_the_stray_loss_trains_the_view_scorer_alone():
     with torch.no_grad():
         head.eval()
         assert torch.allclose(head.logits_and_view_weights(x, scorer_only=True)[1], head.view_weights(x))
+
+
+def test_gates_are_the_mean_when_equal_and_shut_a_unit_out_on_its_own_score():
+    from fashionbert.tagging import masked_gate, masked_softmax
+
+    mask = torch.tensor([[True, True, True, False], [False, False, False, False]])
+    for level in (-3.0, 0.0, 4.0):  # equal gates at any level: the masked mean
+        w = masked_gate(torch.full((2, 4), level), mask)
+        assert torch.allclose(w[0], torch.tensor([1 / 3, 1 / 3, 1 / 3, 0.0])) and torch.equal(w[1], torch.zeros(4))
+    scores = torch.tensor([[2.0, 2.0, -8.0, 9.0]])
+    w = masked_gate(scores, mask[:1])
+    assert w[0, 2] < 1e-3 and torch.isclose(w[0, 0], w[0, 1]) and w[0, 3] == 0  # the low one is shut, the rest share
+    raised = masked_gate(torch.tensor([[6.0, 2.0, -8.0, 9.0]]), mask[:1])
+    softer = masked_softmax(torch.tensor([[6.0, 2.0, -8.0, 9.0]]), mask[:1])
+    assert raised[0, 1] > 0.4 and softer[0, 1] < 0.02  # one confident view does not crowd the others out, unlike a softmax
+    assert TaggerConfig(group_weights="gate").group_weights == "gate"

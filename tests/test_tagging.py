@@ -405,11 +405,12 @@ def test_ablations_train_every_variant_on_the_same_data(tag_data: TagData, tmp_p
                           echo=lines.append)
     # trained without injected strays, the two training ablations would train exactly as full: skipped, and said so
     assert list(table) == ["full", "no_low_level_attention", "concat_fusion", "concat_mlp_fusion", "no_high_level_attention",
-                           "no_view_consensus", "sparse_group_weights"]
+                           "no_view_consensus", "sparse_group_weights", "gated_group_weights"]
     assert sum("skipped: it trains exactly as full does here" in line for line in lines) == 2
     params = {name: m["parameters"] for name, m in table.items()}
-    assert all(params[name] < params["full"] for name in table if name not in ("full", "sparse_group_weights"))
-    assert params["sparse_group_weights"] == params["full"]  # the same parts, another weighting of the groups
+    reweighted = ("sparse_group_weights", "gated_group_weights")  # the same parts, another weighting of the groups
+    assert all(params[name] < params["full"] for name in table if name not in ("full", *reweighted))
+    assert all(params[name] == params["full"] for name in reweighted)
     assert all(0 <= m["f1@3"] <= 1 and m["epochs"] == 2 for m in table.values())
     assert "| concat_fusion |" in (tmp_path / "abl.md").read_text()
     assert json.loads((tmp_path / "abl.json").read_text())["metrics"]["full.f1@3"] == table["full"]["f1@3"]
@@ -474,11 +475,13 @@ def test_cli_train_predict_eval(tag_data: TagData, tmp_path):  # noqa: F811
     tagger = tmp_path / "tagger"
     common = ["--catalog", str(tag_data.train_catalog), "--features", str(tag_data.train_features)]
     r = runner.invoke(app, ["tags", "train", *common, "--checkpoint", str(tag_data.checkpoint), "--out", str(tagger),
-                                 "--epochs", "2", "--batch-size", "16", "--loss", "focal", "--seed", "1"])
+                                 "--epochs", "2", "--batch-size", "16", "--loss", "focal", "--seed", "1",
+                                 "--stray-injection", "0.3", "--stray-loss-weight", "0.5"])
     assert r.exit_code == 0, r.output
     assert "tags train:" in r.output and (tagger / "head.safetensors").is_file()
     assert (tagger / "fashionbert-tags-train.yaml").is_file()  # the effective config, beside the output
-    assert json.loads((tagger / "tagger_info.json").read_text())["train"]["loss"] == "focal"
+    record = json.loads((tagger / "tagger_info.json").read_text())["train"]
+    assert record["loss"] == "focal" and record["stray_injection"] == 0.3 and record["stray_loss_weight"] == 0.5
 
     held = ["--catalog", str(tag_data.test_catalog), "--features", str(tag_data.test_features)]
     out = tmp_path / "pred.parquet"

@@ -9,7 +9,7 @@ from fashionbert.tagging.baselines import LateFusionLinear, MostFrequentTags, po
 from fashionbert.tagging.config import TaggerConfig
 from fashionbert.tagging.dataset import StrayPlan, TagDataset
 from fashionbert.tagging.metrics import average_precision, ranking_metrics, score_metrics, tag_average_precision, top_k
-from fashionbert.tagging.model import MFB, HeadInputs, TaggerHead, masked_mean, masked_softmax, masked_sparsemax
+from fashionbert.tagging.model import MFB, HeadInputs, TaggerHead, masked_gate, masked_mean, masked_softmax, masked_sparsemax
 from fashionbert.tagging.tagger import Tagger, TaggerNotFoundError
 from fashionbert.tagging.training import FitResult, StateCache, TrainOptions, fit_tagger
 from fashionbert.tagging.vocabulary import TagVocabulary
@@ -17,6 +17,6 @@ from fashionbert.tagging.vocabulary import TagVocabulary
 __all__ = [
     "MFB", "FitResult", "HeadInputs", "LateFusionLinear", "MostFrequentTags", "StateCache", "StrayPlan", "TagDataset", "TagVocabulary",
     "Tagger", "TaggerConfig", "TaggerHead", "TaggerNotFoundError", "TrainOptions", "fit_tagger", "masked_mean",
-    "average_precision", "masked_softmax", "masked_sparsemax", "pooled_features", "ranking_metrics", "score_metrics", "tag_average_precision",
+    "average_precision", "masked_gate", "masked_softmax", "masked_sparsemax", "pooled_features", "ranking_metrics", "score_metrics", "tag_average_precision",
     "top_k",
 ]

@@ -19,7 +19,7 @@ LOSSES = ("bce", "focal")
 # and text vectors can only add up); "concat_mlp": the same with a ReLU, a one-hidden-layer MLP that can
 # learn interactions too (the ablation's form before stop 17; reported beside it, docs/design.md item 44).
 FUSIONS = ("mfb", "concat", "concat_mlp")
-GROUP_WEIGHTINGS = ("softmax", "sparsemax")  # how the high-level attention normalises its group scores
+GROUP_WEIGHTINGS = ("softmax", "sparsemax", "gate")  # how the high-level attention normalises its group scores
 
 
 @dataclass
@@ -43,7 +43,8 @@ class TaggerConfig:
     # The high-level attention reads each group beside its agreement with the product's mean group, so
     # a view unlike the others (a stray photo of another product) can be told apart (design item 47).
     view_consensus: bool = True
-    # one of GROUP_WEIGHTINGS; with "sparsemax" the high-level attention can give a group exactly zero weight (item 55)
+    # one of GROUP_WEIGHTINGS; with "sparsemax" the high-level attention can give a group exactly zero weight (item 55),
+    # with "gate" each group has its own sigmoid keep/drop gate and equal gates are the mean (item 56)
     group_weights: str = "softmax"
     freeze_trunk: bool = True
     min_tag_count: int = 2  # tags seen fewer times in the training catalog are not predicted

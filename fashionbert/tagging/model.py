@@ -62,6 +62,19 @@ def masked_sparsemax(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return torch.clamp(z - tau, min=0.0) * mask
 
 
+def masked_gate(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Independent sigmoid gates over the last dim's unmasked entries, normalised to sum to 1.
+
+    Unlike a softmax, equal gates give the masked mean whatever their level, and a unit is only
+    pushed down by its own score, not by another unit's being high. Why: a tagger reads every good
+    photo of a product and needs their mean (the ablation without the high-level attention is as
+    good as a softmax), but should shut out a stray: a per-view keep/drop detector does both
+    (design item 56). All-masked rows give zeros.
+    """
+    gates = torch.sigmoid(scores) * mask.to(scores.dtype)
+    return gates / gates.sum(-1, keepdim=True).clamp_min(1e-12)
+
+
 def masked_mean(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean of ``states`` [..., N, H] over the unmasked N ([..., N] mask); zeros when all are masked."""
     m = mask.to(states.dtype).unsqueeze(-1)
@@ -175,7 +188,7 @@ class GroupAttention(nn.Module):
 
     def __init__(self, dim_in: int, dim: int, consensus: bool = False, weights: str = "softmax"):
         super().__init__()
-        normalisers = {"softmax": masked_softmax, "sparsemax": masked_sparsemax}
+        normalisers = {"softmax": masked_softmax, "sparsemax": masked_sparsemax, "gate": masked_gate}
         if weights not in normalisers:
             raise ValueError(f"group weights must be one of {', '.join(normalisers)}, got {weights!r}")
         self.normalise = normalisers[weights]
