@@ -10,7 +10,7 @@ import torch
 from fashionbert.tagging import TaggerConfig, TaggerHead, masked_softmax, masked_sparsemax
 from fashionbert.tagging.config import GROUP_WEIGHTINGS
 from fashionbert.tagging.model import GroupAttention
-from pipelines.tags import ABLATIONS, ablation_variants
+from pipelines.tag_ablations import ABLATIONS, ablation_variants
 
 
 def test_sparsemax_on_a_hand_computed_example():

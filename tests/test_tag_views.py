@@ -20,7 +20,8 @@ from fashionbert.tagging import TaggerHead
 from indexer.catalog import read_catalog
 from indexer.features import extract_catalog_features
 from pipelines.tag_views import hide_views, read_view_kinds, stray_positions
-from pipelines.tags import TagTrainConfig, evaluate_tagger, load_tag_data, run_ablations, train_tagger
+from pipelines.tag_ablations import run_ablations
+from pipelines.tags import TagTrainConfig, evaluate_tagger, load_tag_data, train_tagger
 from tests.tagging_fixtures import TAG_FEATURES, TagData, one_torch_thread, tag_data  # noqa: F401 - fixture
 from tests.test_tagging import FAST, SMALL_HEAD, _config, _inputs
 

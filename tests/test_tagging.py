@@ -38,7 +38,8 @@ from fashionbert.tagging.tagger import collate_states, encode_states, split_stat
 from fashionbert.tagging.training import TrainOptions, tag_loss, training_split
 from fashionbert.synthetic.seasons import TREND_TAGS
 from pipelines.tag_interactions import trend_tag_map
-from pipelines.tags import TagTrainConfig, evaluate_tagger, load_tag_data, run_ablations, train_tagger
+from pipelines.tag_ablations import run_ablations
+from pipelines.tags import TagTrainConfig, evaluate_tagger, load_tag_data, train_tagger
 from pipelines.cli import app
 from tests.tagging_fixtures import TagData, one_torch_thread, tag_data  # noqa: F401 - fixture
 

@@ -43,7 +43,7 @@ from tqdm import tqdm
 
 from fashionbert.encoder import FashionBert
 from fashionbert.tagging.config import LOSSES, TaggerConfig
-from fashionbert.tagging.dataset import FULL, NO_IMAGE, NO_TITLE, STRAY, VARIANTS, TagDataset
+from fashionbert.tagging.dataset import FULL, NO_IMAGE, NO_TITLE, STRAY, TagDataset
 from fashionbert.tagging.metrics import score_metrics
 from fashionbert.tagging.model import HeadInputs
 from fashionbert.tagging.tagger import ProductStates, Tagger, collate_states, encode_states, split_states
@@ -281,10 +281,11 @@ def fit_tagger(trunk: FashionBert, data: TagDataset, config: TaggerConfig = Tagg
                 rows, var = order[i:i + options.batch_size], variants[i:i + options.batch_size]
                 x = (cache.batch(rows, var) if cache is not None
                      else tagger.encode(*data.inputs(rows, var, tagger.config.max_views)))
-                logits, view_weights = tagger.head.logits_and_view_weights(x, scorer_only=True)
+                injected = [b for b, v in enumerate(var) if v == STRAY] if teach_strays else []
+                # the stray loss reads the scorer-only view weights: a second, cheap pass over the fused groups
+                logits, view_weights = tagger.head.logits_and_view_weights(x, scorer_only=bool(injected))
                 loss = tag_loss(logits, targets[rows].to(tagger.device), pos_weight, options.loss, options.focal_gamma)
-                injected = [b for b, v in enumerate(var) if v == STRAY]
-                if injected and teach_strays:
+                if injected:
                     slots = torch.tensor([data.stray_plan(rows[b], tagger.config.max_views).slot for b in injected],
                                          device=view_weights.device)
                     loss = loss + options.stray_loss_weight * stray_loss(view_weights[injected], slots)
