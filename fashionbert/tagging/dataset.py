@@ -29,6 +29,7 @@ something the model is taught to ignore, never a label.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -82,15 +83,16 @@ class TagDataset:
         views = self.views(row)
         return 0 if views is None else len(views)
 
-    def _candidates(self, row: int) -> list[int]:
+    def _group_members(self, row: int) -> Sequence[int]:
+        """The rows of ``row``'s group in ascending order, ``row`` included (all rows without groups)."""
         if self.groups is None:
-            return [r for r in range(len(self)) if r != row]
+            return range(len(self))
         if self._members is None:
             members: dict[str, list[int]] = defaultdict(list)
             for r, g in enumerate(self.groups):
                 members[g].append(r)
             self._members = dict(members)
-        return [r for r in self._members[self.groups[row]] if r != row]
+        return self._members[self.groups[row]]
 
     def stray_plan(self, row: int, max_views: int) -> StrayPlan | None:
         """Where row ``row`` gets its injected stray when read with ``max_views`` views (None: it cannot).
@@ -105,13 +107,16 @@ class TagDataset:
 
     def _draw_plan(self, row: int, max_views: int) -> StrayPlan | None:
         shown = min(self._view_count(row), max_views)
-        candidates = self._candidates(row)
-        if shown < 2 or not candidates:
+        members = self._group_members(row)
+        others = len(members) - 1  # the group without the row itself, indexed without copying it per row
+        if shown < 2 or not others:
             return None
+        own = bisect_left(members, row)
         rng = np.random.default_rng([STRAY_PLAN_SEED, row])
         slot = int(rng.integers(shown))
         for _ in range(DONOR_TRIES):
-            donor = candidates[int(rng.integers(len(candidates)))]
+            pick = int(rng.integers(others))
+            donor = members[pick + (pick >= own)]
             count = self._view_count(donor)
             if count:  # the donor's shot in the same position (its last when it has fewer)
                 return StrayPlan(row, slot, donor, min(slot, count - 1))

@@ -256,15 +256,6 @@ class TaggerHead(nn.Module):
         b, v = view_mask.shape
         return weights.view(b, v, -1).sum(-1)
 
-    def pooled_and_view_weights(self, x: HeadInputs) -> tuple[torch.Tensor, torch.Tensor]:
-        """The pooled vector [B, o] and each view's share of it [B, V] (its glimpses' weights summed).
-
-        Without the high-level attention every real view weighs the same (the masked mean), which
-        is what the ablation is compared with.
-        """
-        pooled, weights = self._pool(*self.fused_groups(x))
-        return pooled, self._view_shares(weights, x.view_mask)
-
     def logits_and_view_weights(self, x: HeadInputs, scorer_only: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """Multi-label logits [B, tags] and the views' shares [B, V] from one pass (training reads both).
 
@@ -287,6 +278,7 @@ class TaggerHead(nn.Module):
         """Each view's share of the pooled vector, [B, V] (a row sums to 1).
 
         Why: it shows what the high-level attention does with a product's photos, e.g. how little
-        it keeps of a stray photo of another product.
+        it keeps of a stray photo of another product. Without the high-level attention every real
+        view weighs the same (the masked mean), which is what the ablation is compared with.
         """
-        return self.pooled_and_view_weights(x)[1]
+        return self._view_shares(self._pool(*self.fused_groups(x))[1], x.view_mask)
