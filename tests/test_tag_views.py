@@ -139,6 +139,10 @@ def test_train_records_stray_injection_and_old_records_read_as_without(tag_data:
     data, _ = load_tag_data(tag_data.test_catalog, held_all_views, 4)
     planned = [r for r in range(len(data)) if data.stray_plan(r, 4) is not None]
     assert planned and all(data.groups[data.stray_plan(r, 4).donor] == data.groups[r] for r in planned)  # sub-category
+    # the store's counts (no features read) are the loaded views' counts, so the plans are those drawn by loading
+    assert all(data.view_count(r) == len(data.views(r) if data.views(r) is not None else ()) for r in range(len(data)))
+    loading = replace(data, view_count=None)
+    assert all(loading.stray_plan(r, 4) == data.stray_plan(r, 4) for r in range(len(data)))
 
 
 def test_ablations_of_the_training_change_only_the_training(tag_data: TagData, held_all_views: Path):  # noqa: F811

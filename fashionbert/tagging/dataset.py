@@ -60,6 +60,10 @@ class TagDataset:
     ``groups`` (e.g. each product's sub-category) is where an injected stray's donor comes from:
     a product of the same group, so the stray differs in colour or pattern, not in kind, as real
     mix-ups do. Without groups the donor is any other product.
+
+    ``view_count(i)`` (optional) is ``len(views(i))`` without reading the features (0: no image).
+    Why: drawing a stray plan only counts the host's and the donor's views, and a feature store
+    knows the counts from its index; without it the views are loaded to be counted.
     """
 
     titles: list[str]
@@ -67,6 +71,7 @@ class TagDataset:
     views: Callable[[int], np.ndarray | None]
     product_ids: list[str] | None = None
     groups: list[str] | None = None
+    view_count: Callable[[int], int] | None = None
     _plans: dict[tuple[int, int], StrayPlan | None] = field(default_factory=dict, init=False, repr=False)
     _members: dict[str, list[int]] | None = field(default=None, init=False, repr=False)
 
@@ -80,6 +85,8 @@ class TagDataset:
         return len(self.titles)
 
     def _view_count(self, row: int) -> int:
+        if self.view_count is not None:
+            return self.view_count(row)
         views = self.views(row)
         return 0 if views is None else len(views)
 
