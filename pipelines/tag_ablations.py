@@ -59,10 +59,14 @@ def ablation_variants(names: Sequence[str] | None = None) -> list[str]:
     return [name for name in ABLATIONS if name == "full" or name in names]
 
 
-def _same_training(a: TrainOptions, b: TrainOptions) -> bool:
-    """Whether two option sets train the same way (the stray loss weight is moot without injected strays)."""
+def _same_training(a: TrainOptions, b: TrainOptions, max_views: int) -> bool:
+    """Whether two option sets train a tagger reading ``max_views`` views the same way.
+
+    Injection is moot below two views, and the stray loss weight without injected strays.
+    """
     def effective(o: TrainOptions) -> TrainOptions:
-        return replace(o, stray_loss_weight=0.0) if o.stray_injection == 0 else o
+        share = o.injected_share(max_views)
+        return replace(o, stray_injection=share, stray_loss_weight=o.stray_loss_weight if share > 0 else 0.0)
     return effective(a) == effective(b)
 
 
@@ -96,7 +100,7 @@ def run_ablations(cfg: TagTrainConfig, heldout_catalog: Path, heldout_features: 
         echo("tags ablations: computing the frozen trunk's states once for all runs")
         cache = StateCache(trunk, train, base.max_views, passes=base.trunk_passes)
         cache.warm(tagged_rows(train, cfg.catalog), (VARIANTS if options.modality_dropout > 0 else (FULL,))
-                   + ((STRAY,) if options.stray_injection > 0 else ()))
+                   + ((STRAY,) if options.injected_share(base.max_views) > 0 else ()))
         held_cache = StateCache(trunk, held, base.max_views, passes=base.trunk_passes)
         held_cache.warm(rows)
     table: dict[str, dict[str, float]] = {}
@@ -104,7 +108,8 @@ def run_ablations(cfg: TagTrainConfig, heldout_catalog: Path, heldout_features: 
         head_changes = {k: v for k, v in ABLATIONS[name].items() if k not in TRAINING_FIELDS}
         training_changes = {k: v for k, v in ABLATIONS[name].items() if k in TRAINING_FIELDS}
         config = TaggerConfig.from_dict({**base.to_dict(), **head_changes})
-        if name != "full" and config == base and _same_training(replace(options, **training_changes), options):
+        if name != "full" and config == base and _same_training(replace(options, **training_changes), options,
+                                                                 base.max_views):
             echo(f"tags ablations: {name} skipped: it trains exactly as full does here")
             continue
         runs = []

@@ -37,7 +37,7 @@ def train(
     seed: Annotated[int, typer.Option(help="Random seed; same seed, same tagger.")] = 0,
     batch_size: Annotated[int, typer.Option(min=1, help="Products per step.")] = 32,
     lr: Annotated[float, typer.Option(min=0.0, help="Learning rate of the head.")] = 1e-3,
-    patience: Annotated[int, typer.Option(min=1, help="Epochs without a better validation score before stopping.")] = 10,
+    patience: Annotated[int, typer.Option(min=1, help="Epochs without a better validation score before stopping.")] = 20,
     select_on: Annotated[str, typer.Option(help="Validation metric that picks the epoch: map (every tag's ranking) | f1@3.")] = "map",
     max_views: Annotated[int, typer.Option(min=1, help="Image views per product (one trunk pass each).")] = 1,
     min_tag_count: Annotated[int, typer.Option(min=1, help="Tags on fewer training products are not predicted.")] = 2,
@@ -45,7 +45,7 @@ def train(
                                                    "the head alone fuses them).")] = "joint",
     stray_injection: Annotated[float, typer.Option(min=0.0, max=1.0, help="Share of training rows per epoch read with one "
                                                    "photo swapped for the same shot of another product's, to teach the view "
-                                                   "attention to drop strays (needs --max-views >= 2).")] = 0.0,
+                                                   "attention to drop strays (with --max-views >= 2; 0: off).")] = 0.25,
     stray_loss_weight: Annotated[float, typer.Option(min=0.0, help="Weight of the loss on an injected stray's view weight "
                                                      "(0: the tag loss alone teaches it).")] = 1.0,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",

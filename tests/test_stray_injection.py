@@ -118,6 +118,25 @@ def test_options_check_the_stray_settings():
         TrainOptions(stray_loss_weight=-1.0)
 
 
+def test_injection_is_on_by_default_for_several_views_and_moot_for_one(tag_data: TagData):  # noqa: F811
+    """A tagger reading one view trains exactly as before injection existed, whatever the share says."""
+    options = TrainOptions()
+    assert options.stray_injection > 0 and options.injected_share(4) == options.stray_injection
+    assert options.injected_share(1) == 0.0
+    trunk = FashionBert.from_pretrained(tag_data.checkpoint)
+    data = _views_dataset()
+    cache = StateCache(trunk, data, max_views=1)
+    config = TaggerConfig(**SMALL_HEAD, max_views=1, min_tag_count=1)
+    lines: list[str] = []
+    heads = []
+    for share in (0.0, 1.0):
+        fast = TrainOptions(max_epochs=2, batch_size=8, val_fraction=0.0, seed=0, progress=False, stray_injection=share)
+        head = fit_tagger(trunk, data, config, fast, echo=lines.append, cache=cache).tagger.head
+        heads.append(torch.cat([p.detach().flatten() for p in head.parameters()]))
+    assert torch.equal(heads[0], heads[1])
+    assert not any("injected strays" in line for line in lines)
+
+
 def _stray_weight(result, data: TagDataset, cache: StateCache) -> float:
     rows = [r for r in range(len(data)) if data.stray_plan(r, 4) is not None]
     with torch.no_grad():
