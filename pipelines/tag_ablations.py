@@ -41,6 +41,7 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     # them but no loss on their weight (the tag loss alone teaches the attention; design item 56)
     "no_stray_injection": {"stray_injection": 0.0},
     "no_stray_loss": {"stray_loss_weight": 0.0},
+    "stray_rows_without_tag_loss": {"stray_tag_loss": False},  # not an ablation: the swapped rows teach only the attention
 }
 TRAINING_FIELDS = frozenset(f.name for f in fields(TrainOptions))  # ablation keys that change the training, not the head
 
@@ -66,7 +67,8 @@ def _same_training(a: TrainOptions, b: TrainOptions, max_views: int) -> bool:
     """
     def effective(o: TrainOptions) -> TrainOptions:
         share = o.injected_share(max_views)
-        return replace(o, stray_injection=share, stray_loss_weight=o.stray_loss_weight if share > 0 else 0.0)
+        return replace(o, stray_injection=share, stray_loss_weight=o.stray_loss_weight if share > 0 else 0.0,
+                       stray_tag_loss=o.stray_tag_loss or share == 0)
     return effective(a) == effective(b)
 
 

@@ -137,6 +137,24 @@ def test_injection_is_on_by_default_for_several_views_and_moot_for_one(tag_data:
     assert not any("injected strays" in line for line in lines)
 
 
+def test_swapped_rows_can_be_kept_out_of_the_tag_loss(tag_data: TagData):  # noqa: F811
+    """With ``stray_tag_loss=False`` a row read with a stray feeds only the stray loss: when every row is one
+    and the stray loss is off, nothing is left to learn from (loss 0); with it, the tag loss reads them."""
+    trunk = FashionBert.from_pretrained(tag_data.checkpoint)
+    base = _views_dataset()
+    two_plus = [r for r in range(len(base)) if base.views(r) is not None and len(base.views(r)) >= 2]
+    data = TagDataset([base.titles[r] for r in two_plus], [base.tags[r] for r in two_plus],
+                      views=lambda i: base.views(two_plus[i]), groups=[base.groups[r] for r in two_plus])
+    cache = StateCache(trunk, data, max_views=4)
+    config = TaggerConfig(**SMALL_HEAD, max_views=4, min_tag_count=1)
+    losses = {}
+    for kept in (True, False):
+        options = TrainOptions(max_epochs=1, batch_size=8, val_fraction=0.0, seed=0, progress=False, modality_dropout=0.0,
+                               stray_injection=1.0, stray_loss_weight=0.0, stray_tag_loss=kept)
+        losses[kept] = fit_tagger(trunk, data, config, options, echo=lambda _: None, cache=cache).history[0]["loss"]
+    assert losses[False] == 0.0 and losses[True] > 0.1, losses
+
+
 def _stray_weight(result, data: TagDataset, cache: StateCache) -> float:
     rows = [r for r in range(len(data)) if data.stray_plan(r, 4) is not None]
     with torch.no_grad():

@@ -77,6 +77,9 @@ class TrainOptions:
     # a tagger reading one view is untouched (injected_share)
     stray_injection: float = 0.25
     stray_loss_weight: float = 1.0
+    # whether a row read with an injected stray also feeds the tag loss (its tags are the host's, but a quarter of
+    # its photos is another product's); False leaves those rows to the stray loss alone
+    stray_tag_loss: bool = True
     seed: int = 0
     encode_batch_size: int = 64
     progress: bool = True
@@ -297,10 +300,14 @@ def fit_tagger(trunk: FashionBert, data: TagDataset, config: TaggerConfig = Tagg
                 rows, var = order[i:i + options.batch_size], variants[i:i + options.batch_size]
                 x = (cache.batch(rows, var) if cache is not None
                      else tagger.encode(*data.inputs(rows, var, tagger.config.max_views)))
-                injected = [b for b, v in enumerate(var) if v == STRAY] if teach_strays else []
+                swapped = [b for b, v in enumerate(var) if v == STRAY]
+                injected = swapped if teach_strays else []
                 # the stray loss reads the scorer-only view weights: a second, cheap pass over the fused groups
                 logits, view_weights = tagger.head.logits_and_view_weights(x, scorer_only=bool(injected))
-                loss = tag_loss(logits, targets[rows].to(tagger.device), pos_weight, options.loss, options.focal_gamma)
+                tagged = (list(range(len(rows))) if options.stray_tag_loss
+                          else [b for b, v in enumerate(var) if v != STRAY])
+                loss = (tag_loss(logits[tagged], targets[[rows[b] for b in tagged]].to(tagger.device), pos_weight,
+                                 options.loss, options.focal_gamma) if tagged else logits.sum() * 0.0)
                 if injected:
                     slots = torch.tensor([data.stray_plan(rows[b], tagger.config.max_views).slot for b in injected],
                                          device=view_weights.device)
