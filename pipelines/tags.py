@@ -107,23 +107,25 @@ def write_tag_report(metrics: dict[str, float], json_out: Path, extra: dict[str,
 # ---------------------------------------------------------------------------- training
 @dataclass
 class TagTrainConfig:
+    """A tagger's training job as recorded with it. The training defaults are TrainOptions' own (one place to change)."""
+
     catalog: Path
     features: Path
     checkpoint: Path
     out: Path | None = None
     max_minutes: float | None = None
-    epochs: int = 60
+    epochs: int = TrainOptions.max_epochs
     fine_tune_trunk: bool = False
-    loss: str = "bce"
-    seed: int = 0
-    batch_size: int = 32
-    lr: float = 1e-3
-    patience: int = 20  # TrainOptions.patience: noisy validation scores, and the stray loss's plateau
-    select_on: str = "map"  # validation metric that picks the epoch (TrainOptions.select_on)
-    val_fraction: float = 0.1
-    modality_dropout: float = 0.3
-    stray_injection: float = 0.25  # TrainOptions.stray_injection (design item 56; moot with one view)
-    stray_loss_weight: float = 1.0
+    loss: str = TrainOptions.loss
+    seed: int = TrainOptions.seed
+    batch_size: int = TrainOptions.batch_size
+    lr: float = TrainOptions.lr
+    patience: int = TrainOptions.patience
+    select_on: str = TrainOptions.select_on  # validation metric that picks the epoch
+    val_fraction: float = TrainOptions.val_fraction
+    modality_dropout: float = TrainOptions.modality_dropout
+    stray_injection: float = TrainOptions.stray_injection  # design item 56; moot with one view
+    stray_loss_weight: float = TrainOptions.stray_loss_weight
     device: str = "cpu"
     progress: bool = True
     head: dict[str, Any] = field(default_factory=dict)  # TaggerConfig fields: glimpses, max_views, min_tag_count, ...

@@ -520,3 +520,18 @@ def test_cli_bad_input_fails_with_a_clear_message(tag_data: TagData, tmp_path): 
                            (["--variants", "concat_fusion"], "it needs --ablations")):
         r = runner.invoke(app, ["tags", "eval", *trained_tagger, *held, *extra])
         assert r.exit_code == 1 and message in r.output and "Traceback" not in r.output, r.output
+
+
+def test_the_cli_and_the_job_config_train_with_the_libraries_defaults():
+    """The CLI's `tags train` defaults and TagTrainConfig's are TrainOptions' (three places that must agree)."""
+    import inspect
+
+    from pipelines.tags_cli import train as train_command
+
+    options = TrainOptions()
+    cli = {name: p.default for name, p in inspect.signature(train_command).parameters.items()}
+    job = TagTrainConfig(Path("c"), Path("f"), Path("k")).options()
+    for name, cli_name in (("max_epochs", "epochs"), ("loss", "loss"), ("seed", "seed"), ("batch_size", "batch_size"),
+                           ("lr", "lr"), ("patience", "patience"), ("select_on", "select_on"),
+                           ("stray_injection", "stray_injection"), ("stray_loss_weight", "stray_loss_weight")):
+        assert cli[cli_name] == getattr(options, name) == getattr(job, name), name
