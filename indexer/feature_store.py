@@ -76,6 +76,10 @@ class FeatureStore:
         idx = self.image_indices(product_id)[:limit]
         return np.stack([self.get(product_id, i) for i in idx]) if idx else None
 
+    def view_count(self, product_id: str, limit: int | None = None) -> int:
+        """``len(views(product_id, limit))`` from the index alone, without reading a shard (0: no views)."""
+        return len(self.image_indices(product_id)[:limit])
+
     def image_indices(self, product_id: str) -> list[int]:
         """The extracted views of a product, ascending (empty when it has none)."""
         return list(self._images_of.get(product_id, ()))

@@ -71,7 +71,7 @@ def load_tag_data(catalog: Path, features: Path, max_views: int, *, need_tags: b
     data = TagDataset(cat.table.column("title").to_pylist(), [clean_tags(t) for t in tags],
                       views=lambda i: store.views(ids[i], max_views), product_ids=ids,
                       groups=cat.table.column("sub_category").to_pylist(),
-                      view_count=lambda i: min(len(store.image_indices(ids[i])), max_views))
+                      view_count=lambda i: store.view_count(ids[i], max_views))
     return data, store
 
 
