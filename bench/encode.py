@@ -22,6 +22,7 @@ from fashionbert.configuration import named_config
 from fashionbert.encoder import FashionBert
 from fashionbert.modeling import FashionBertModel
 from fashionbert.text import train_tokenizer
+from fashionbert.vision import BACKBONES, DEFAULT_IMAGE_ENCODER
 
 QUERIES = ["红色连衣裙", "blue striped shirt long sleeve", "黑色 高跟鞋", "white hoodie with star print", "格子半身裙 中长款"]
 
@@ -39,7 +40,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default="tiny")
     ap.add_argument("--checkpoint", default=None)
-    ap.add_argument("--feature-dim", type=int, default=1280)
+    ap.add_argument("--feature-dim", type=int, default=BACKBONES[DEFAULT_IMAGE_ENCODER])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--min-seconds", type=float, default=3.0)
     args = ap.parse_args()

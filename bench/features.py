@@ -21,7 +21,8 @@ import torch
 
 from fashionbert.vision import PatchFeatureExtractor, build_backbone
 
-CONFIGS = [("resnet50", "crop"), ("resnet50", "grid"), ("efficientnet_lite0", "grid"), ("efficientnet_lite0", "crop")]
+CONFIGS = [("resnet50", "crop"), ("resnet50", "grid"), ("efficientnet_lite0", "grid"), ("efficientnet_lite0", "crop"),
+           ("efficientnet_lite0_multiscale", "grid"), ("efficientnet_lite0_multiscale", "crop")]
 
 
 def measure(extractor: PatchFeatureExtractor, batch: int, device: torch.device, min_seconds: float) -> float:
@@ -60,19 +61,19 @@ def main() -> None:
     batches = [int(b) for b in args.batch_sizes.split(",")]
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{platform.processor() or 'cpu'}, {torch.get_num_threads()} threads"
     print(f"bench/features.py on {device} ({where}), torch {torch.__version__}, crop size {args.crop_size}")
-    print(f"{'encoder':<20}{'mode':<6}{'batch':>6}{'images/s':>12}")
+    print(f"{'encoder':<31}{'mode':<6}{'batch':>6}{'images/s':>12}")
     results: dict[str, float] = {}
     for encoder, mode in CONFIGS:
         size = PatchFeatureExtractor.backbone_input_size(mode, crop_size=args.crop_size)  # type: ignore[arg-type]
         extractor = PatchFeatureExtractor(build_backbone(encoder, input_size=size), mode, crop_size=args.crop_size).to(device)
         for batch in batches:
             if mode == "crop" and batch > 16 and device.type == "cpu" and not args.full:
-                print(f"{encoder:<20}{mode:<6}{batch:>6}{'skipped':>12}  (CPU; --full to run)")
+                print(f"{encoder:<31}{mode:<6}{batch:>6}{'skipped':>12}  (CPU; --full to run)")
                 continue
             ips = measure(extractor, batch, device, args.min_seconds)
             results[f"{encoder}/{mode}/b{batch}"] = ips
-            print(f"{encoder:<20}{mode:<6}{batch:>6}{ips:>12.2f}", flush=True)
-    for encoder in ("resnet50", "efficientnet_lite0"):
+            print(f"{encoder:<31}{mode:<6}{batch:>6}{ips:>12.2f}", flush=True)
+    for encoder in dict.fromkeys(encoder for encoder, _ in CONFIGS):
         grid = max(v for k, v in results.items() if k.startswith(f"{encoder}/grid/"))
         crop = max(v for k, v in results.items() if k.startswith(f"{encoder}/crop/"))
         print(f"{encoder}: grid/crop speed ratio = {grid / crop:.1f}x (best batch of each)")

@@ -31,13 +31,13 @@ from fashionbert.encoder import FashionBert
 from fashionbert.modeling import FashionBertModel
 from fashionbert.synthetic import generate_catalog
 from fashionbert.text import train_tokenizer
+from fashionbert.vision import BACKBONES, DEFAULT_IMAGE_ENCODER
 from indexer.catalog import read_catalog
 from indexer.embeddings import EmbedConfig
 from indexer.features import FeatureJobConfig
 from indexer.job import IndexJobConfig, build_index_version
 from indexer.version_index import AnnConfig
 
-FEATURE_DIMS = {"efficientnet_lite0": 1280, "resnet50": 2048}
 
 
 def catalog_of(work: Path, products: int, sample: int | None, seed: int) -> Path:
@@ -71,7 +71,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--products", type=int, default=10_000)
     ap.add_argument("--sample", type=int, default=None, help="index only the first N products")
-    ap.add_argument("--encoder", default="efficientnet_lite0")
+    ap.add_argument("--encoder", default=DEFAULT_IMAGE_ENCODER, choices=sorted(BACKBONES))
     ap.add_argument("--mode", default="grid")
     ap.add_argument("--config", default="tiny")
     ap.add_argument("--checkpoint", type=Path, default=None)
@@ -86,7 +86,7 @@ def main() -> None:
     torch.set_num_threads(torch.get_num_threads())
     args.work.mkdir(parents=True, exist_ok=True)
     catalog = catalog_of(args.work, args.products, args.sample, args.seed)
-    ckpt = checkpoint_of(args.work, catalog, args.config, FEATURE_DIMS[args.encoder], args.checkpoint)
+    ckpt = checkpoint_of(args.work, catalog, args.config, BACKBONES[args.encoder], args.checkpoint)
     out = args.work / f"index-{args.encoder}-{args.mode}-{args.engine}"
     shutil.rmtree(out, ignore_errors=True)  # a cold build: nothing cached
     cfg = IndexJobConfig(

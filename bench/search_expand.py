@@ -2,8 +2,8 @@
 
 1. **Base** (cached under ``WORK/base``): ``generate_catalog`` of ``--base-products`` products,
    a random-init checkpoint of a named config (a WordPiece tokenizer trained on the catalog
-   texts, the real config shape, patch_feature_dim 1280) and a real index built by
-   ``indexer.job.build_index_version`` (EfficientNet-Lite0 grid features, joint product
+   texts, the real config shape, the default image encoder's patch width) and a real index built by
+   ``indexer.job.build_index_version`` (the default grid features, joint product
    vectors, FAISS, publish). Latency does not depend on training, so random weights are fine.
 2. **Expanded** (cached under ``WORK/index-N``): a new published version in its own INDEX_DIR
    holding N products in the real layout, for what a 100k build would cost hours to make on a
@@ -69,6 +69,7 @@ def build_base(work: Path, products: int, config: str, seed: int) -> tuple[Path,
     from fashionbert.modeling import FashionBertModel
     from fashionbert.synthetic import generate_catalog
     from fashionbert.text import train_tokenizer
+    from fashionbert.vision import BACKBONES, DEFAULT_IMAGE_ENCODER
     from indexer.catalog import read_catalog
     from indexer.job import IndexJobConfig, build_index_version
     from indexer.versions import IndexDir
@@ -83,11 +84,12 @@ def build_base(work: Path, products: int, config: str, seed: int) -> tuple[Path,
         _log(f"random-init {config} checkpoint (tokenizer trained on the catalog texts)")
         tokenizer = train_tokenizer(read_catalog(catalog, check_images="none").texts())
         torch.manual_seed(seed)
-        model = FashionBertModel(named_config(config, tokenizer, patch_feature_dim=1280))
+        model = FashionBertModel(named_config(config, tokenizer, patch_feature_dim=BACKBONES[DEFAULT_IMAGE_ENCODER],
+                                             image_encoder=DEFAULT_IMAGE_ENCODER))
         FashionBert(model, tokenizer).save_pretrained(ckpt)
     index = base / "index"
     if IndexDir(index).current() is None:
-        _log("building the base index with the real job (EfficientNet-Lite0 grid features)")
+        _log(f"building the base index with the real job ({DEFAULT_IMAGE_ENCODER} grid features)")
         t = time.perf_counter()
         build_index_version(IndexJobConfig(catalog=catalog, checkpoint=ckpt, out=index, device="cpu", progress=False))
         _log(f"base index built in {time.perf_counter() - t:.1f} s")

@@ -29,6 +29,7 @@ from fashionbert.synthetic import generate_catalog
 from fashionbert.tagging import StateCache, TagDataset, TaggerConfig, TrainOptions, fit_tagger
 from fashionbert.tagging.dataset import VARIANTS
 from fashionbert.text import train_tokenizer
+from fashionbert.vision import BACKBONES, DEFAULT_IMAGE_ENCODER
 
 
 def main() -> None:
@@ -51,7 +52,7 @@ def main() -> None:
         trunk = FashionBert.from_pretrained(args.checkpoint, device=args.device)
     else:
         tok = train_tokenizer(titles, vocab_size=4000)
-        trunk = FashionBert(FashionBertModel(named_config(args.config, tok, 1280)).eval(), tok, args.device)
+        trunk = FashionBert(FashionBertModel(named_config(args.config, tok, BACKBONES[DEFAULT_IMAGE_ENCODER])).eval(), tok, args.device)
     dim = trunk.config.patch_feature_dim
     feats = np.random.default_rng(0).standard_normal((args.products, 1, 64, dim)).astype(np.float16)
     data = TagDataset(titles, tags, views=lambda i: feats[i])

@@ -48,6 +48,19 @@ META_DIR = "meta"
 EMB_DIR = "emb"
 
 
+class FeatureDimMismatchError(ValueError):
+    """The patch features were made by another image encoder than the checkpoint was trained on."""
+
+
+def check_feature_dim(model: FashionBert, feature_dim: int, made_with: str) -> None:
+    """Refuse features a checkpoint cannot read before any work is spent on them, and say which encoder fits."""
+    want = model.config.patch_feature_dim
+    if int(feature_dim) != want:
+        raise FeatureDimMismatchError(
+            f"the checkpoint reads {want}-d patch features ({getattr(model.config, 'image_encoder', '?')}), "
+            f"but {made_with} gives {feature_dim}-d: extract with the encoder the checkpoint was trained on")
+
+
 class EmbedDirMismatchError(RuntimeError):
     """The staging directory holds vectors of another catalog, checkpoint or spec."""
 
@@ -240,6 +253,7 @@ def embed_catalog(
     """Encode every product of ``catalog`` into shards under ``out_dir`` (resumable per shard)."""
     start = time.perf_counter()
     out_dir = Path(out_dir)
+    check_feature_dim(model, store.feature_dim, f"features {store.directory} ({(store.info.get('config') or {}).get('encoder', '?')})")
     info = {
         "checkpoint_sha256": checkpoint_sha,
         "config": config.fingerprint(),

@@ -33,7 +33,15 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from fashionbert.vision import GRID, Backbone, NUM_PATCHES, PatchFeatureExtractor, build_backbone, load_image_tensor
+from fashionbert.vision import (
+    DEFAULT_IMAGE_ENCODER,
+    GRID,
+    NUM_PATCHES,
+    Backbone,
+    PatchFeatureExtractor,
+    build_backbone,
+    load_image_tensor,
+)
 from indexer.catalog import Catalog, ImageRef
 from indexer.files import atomic_write, save_npy, shard_name
 
@@ -52,7 +60,7 @@ class FeatureDirMismatchError(RuntimeError):
 class FeatureJobConfig:
     """Everything that changes the numbers in the shards (recorded in features_info.json)."""
 
-    encoder: str = "efficientnet_lite0"
+    encoder: str = DEFAULT_IMAGE_ENCODER
     mode: str = "grid"
     weights_path: str | None = None
     cell_size: int = 32

@@ -25,9 +25,11 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from fashionbert.encoder import CheckpointError, FashionBert
+from fashionbert.vision import BACKBONES
 from indexer.catalog import Catalog, read_catalog, validate_table
 from indexer.embeddings import (
-    EMB_DIR, EMB_KINDS, META_DIR, SHARD_ARRAYS, EmbedConfig, EmbeddingShards, checkpoint_sha256, embed_catalog, faiss_ids,
+    EMB_DIR, EMB_KINDS, META_DIR, SHARD_ARRAYS, EmbedConfig, EmbeddingShards, check_feature_dim, checkpoint_sha256,
+    embed_catalog, faiss_ids,
 )
 from indexer.feature_store import FeatureStore
 from indexer.features import FeatureJobConfig, extract_catalog_features, resolve_device
@@ -139,6 +141,9 @@ def build_index_version(cfg: IndexJobConfig) -> BuildSummary:
         catalog.write_report(staging / "catalog_issues.jsonl")
 
     t = time.perf_counter()
+    encoder = cfg.feature_config.encoder
+    if cfg.features is None and encoder in BACKBONES:  # made here: refuse an encoder the checkpoint cannot read first
+        check_feature_dim(model, BACKBONES[encoder], f"image encoder {encoder}")
     if cfg.engine == "ray":
         from indexer.ray_engine import embed_catalog_ray
 

@@ -78,7 +78,9 @@ def validate(
 def features(
     catalog: Annotated[Path, typer.Option(help="Catalog Parquet file.")],
     out: Annotated[Path, typer.Option(help="Output directory for the feature shards.")],
-    encoder: Annotated[str, typer.Option(help="efficientnet_lite0 (ImageNet weights, offline) or resnet50.")] = "efficientnet_lite0",
+    encoder: Annotated[str, typer.Option(help="efficientnet_lite0_multiscale (432-d: EfficientNet-Lite0's last block and "
+                                              "stride-16 stage, ImageNet weights, offline), efficientnet_lite0 (its 1280-d "
+                                              "head map) or resnet50.")] = "efficientnet_lite0_multiscale",
     mode: Annotated[str, typer.Option(help="grid (one CNN pass, 8x8 map cells) or crop (64 crops, FashionBERT's way).")] = "grid",
     weights: Annotated[Path | None, typer.Option(help="Local CNN weights file (.pth/.safetensors); resnet50 is random without one.")] = None,
     batch_size: Annotated[int | None, typer.Option(min=1, help="Images per CNN batch (default: 8 on CPU, 64 on GPU).")] = None,

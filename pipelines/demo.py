@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fashionbert.text import load_tokenizer, train_tokenizer
+from fashionbert.vision import DEFAULT_IMAGE_ENCODER
 from indexer.catalog import read_catalog
 from indexer.features import FeatureJobConfig, FeatureJobResult, extract_catalog_features
 from pipelines import demo_stages as stages
@@ -33,7 +34,7 @@ class DemoConfig:
     train_products: int = 2000
     test_products: int = 500
     seed: int = 0
-    encoder: str = "efficientnet_lite0"
+    encoder: str = DEFAULT_IMAGE_ENCODER
     mode: str = "grid"
     workers: int | None = None
     feature_workers: int = 2

@@ -24,6 +24,7 @@ from fashionbert.evaluation.ceiling import random100_ceiling
 from fashionbert.reranking import DEFAULT_DUAL_WEIGHT, fuse_stage_scores
 from fashionbert.synthetic.text import title_likelihood
 from indexer.catalog import Catalog, read_catalog
+from indexer.embeddings import check_feature_dim
 from indexer.feature_store import FeatureStore
 from pipelines.photo_search_eval import evaluate_photo_search
 
@@ -89,6 +90,7 @@ def evaluate(cfg: EvalConfig, echo: Callable[[str], None] = print) -> dict[str, 
     model = FashionBert.from_pretrained(cfg.checkpoint, device=cfg.device)
     catalog = read_catalog(cfg.catalog, check_images="none")
     items, feats = eval_items(catalog, cfg.features)
+    check_feature_dim(model, feats.shape[-1], f"features {cfg.features}")
     echo(f"eval: {len(items)} held-out products, checkpoint {cfg.checkpoint}")
     # Ranked by log-odds: a float32 probability rounds confident verdicts to 1.0 and ties them.
     cross = MemoisedPairScorer(cross_encoder_pair_scorer(model, feats))

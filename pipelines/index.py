@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from dataclasses import dataclass
@@ -35,8 +36,8 @@ class IndexOptions:
     update: Path | None = None
     rebuild: bool = False
     features: Path | None = None
-    encoder: str = "efficientnet_lite0"
-    mode: str = "grid"
+    encoder: str | None = None  # None: the image encoder the checkpoint was trained on
+    mode: str | None = None
     weights: Path | None = None
     factory: str = "auto"
     max_memory: str | None = None
@@ -56,6 +57,22 @@ class IndexOptions:
     progress: bool = True
 
 
+def checkpoint_image_fields(checkpoint: Path, encoder: str | None, mode: str | None) -> dict[str, str]:
+    """The CNN and patch mode to extract a catalog's photos with: as asked, else as the checkpoint was trained.
+
+    A checkpoint's patch projection only reads features of the encoder it was trained on, so
+    the default follows ``image_encoder`` / ``patch_mode`` in its config.json (checkpoints saved
+    before those were recorded were all trained on EfficientNet-Lite0's head map, the config's
+    own default). A missing checkpoint is left to the job, which says so.
+    """
+    recorded: dict = {}
+    config_file = Path(checkpoint) / "config.json"
+    if config_file.is_file():
+        recorded = json.loads(config_file.read_text())
+    return {"encoder": encoder or recorded.get("image_encoder") or "efficientnet_lite0",
+            "mode": mode or recorded.get("patch_mode") or "grid"}
+
+
 def job_config(o: IndexOptions) -> IndexJobConfig:
     if o.engine not in ("local", "ray"):
         raise ValueError(f"--engine must be local or ray, not {o.engine!r}")
@@ -65,8 +82,8 @@ def job_config(o: IndexOptions) -> IndexJobConfig:
         checkpoint=o.checkpoint,
         out=o.out,
         features=o.features,
-        feature_config=FeatureJobConfig(encoder=o.encoder, mode=o.mode, weights_path=str(o.weights) if o.weights else None,
-                                        seed=o.seed, device=o.device),
+        feature_config=FeatureJobConfig(**checkpoint_image_fields(o.checkpoint, o.encoder, o.mode),
+                                        weights_path=str(o.weights) if o.weights else None, seed=o.seed, device=o.device),
         embed=EmbedConfig(spec=spec, batch_size=o.batch_size, shard_size=o.shard_size),
         ann=AnnConfig(factory=o.factory, max_memory_bytes=parse_bytes(o.max_memory), target_recall=o.target_recall, seed=o.seed),
         engine=o.engine,

@@ -267,16 +267,31 @@ def build_corpus(cfg: PretrainConfig, catalog, store: FeatureStore, echo: Callab
     return corpus, MixedBatchSampler(subs, replay_subs, cfg.batch_size, cfg.replay_fraction, cfg.group_size, cfg.seed)
 
 
-def build_model(cfg: PretrainConfig, tokenizer, feature_dim: int, catalog_texts: Callable[[], list[str]],
+def image_fields(feature_info: dict) -> dict[str, str]:
+    """The image encoder and patch mode the features were made with, for the model's config.
+
+    Recorded so that the indexer and the search API extract a catalog's and a shopper's photos
+    with the CNN the checkpoint was trained on, without being told.
+    """
+    made_with = feature_info.get("config") or {}
+    return {key: made_with[source] for key, source in (("image_encoder", "encoder"), ("patch_mode", "mode"))
+            if made_with.get(source)}
+
+
+def build_model(cfg: PretrainConfig, tokenizer, store: FeatureStore, catalog_texts: Callable[[], list[str]],
                 echo: Callable[[str], None]) -> tuple[FashionBertModel, Any]:
     """The model and the tokenizer it reads (grown when a packaged vocabulary lacks the catalog's words)."""
+    feature_dim = store.feature_dim
+    overrides = {**image_fields(store.info), **cfg.model_overrides}
     if cfg.init_from is not None:
         model = FashionBert.from_pretrained(cfg.init_from).model
         if model.config.patch_feature_dim != feature_dim:
-            raise ValueError(f"{cfg.init_from} expects {model.config.patch_feature_dim}-d patch features, got {feature_dim}-d")
+            made_with = overrides.get("image_encoder", "another image encoder")
+            raise ValueError(f"{cfg.init_from} expects {model.config.patch_feature_dim}-d patch features "
+                             f"({model.config.image_encoder}), got {feature_dim}-d ({made_with}) from {cfg.features}")
         return model, tokenizer
     if (trunk := trunk_source(cfg)) is not None:
-        fb, report = FashionBert.from_bert(trunk, feature_dim, tokenizer, **cfg.model_overrides)
+        fb, report = FashionBert.from_bert(trunk, feature_dim, tokenizer, **overrides)
         echo(f"pretrain: trunk from {trunk}: {len(report['loaded'])} tensors loaded, "
              f"{len(report['initialised'])} initialised ({', '.join(sorted({k.split('.')[0] for k in report['initialised']}))})")
         if cfg.extend_vocabulary and cfg.tokenizer is None and is_wordpiece(tokenizer):
@@ -287,7 +302,7 @@ def build_model(cfg: PretrainConfig, tokenizer, feature_dim: int, catalog_texts:
                 echo(f"pretrain: vocabulary +{len(added)} catalog words ({', '.join(added[:10])}"
                      f"{' ...' if len(added) > 10 else ''})")
         return fb.model, tokenizer
-    return FashionBertModel(named_config(cfg.model_config, tokenizer, feature_dim, **cfg.model_overrides)), tokenizer
+    return FashionBertModel(named_config(cfg.model_config, tokenizer, feature_dim, **overrides)), tokenizer
 
 
 def _save_state(out: Path, step: int, model, optimizer, scheduler, weighting, cfg: PretrainConfig) -> None:
@@ -348,7 +363,7 @@ def pretrain(cfg: PretrainConfig, echo: Callable[[str], None] = print, progress:
     store = FeatureStore(cfg.features)
     corpus, sampler = build_corpus(cfg, catalog, store, echo)
     tokenizer = _tokenizer(cfg, catalog.texts, echo)
-    model, tokenizer = build_model(cfg, tokenizer, store.feature_dim, catalog.texts, echo)
+    model, tokenizer = build_model(cfg, tokenizer, store, catalog.texts, echo)
     model = model.to(device)
     model.train()
     if cfg.tia_grid and cfg.tia_negatives != "sub-category":

@@ -12,6 +12,7 @@ from fashionbert.encoder import FashionBert
 from fashionbert.modeling import FashionBertModel
 from fashionbert.synthetic import generate_catalog
 from fashionbert.text import train_tokenizer
+from fashionbert.vision import BACKBONES, DEFAULT_IMAGE_ENCODER
 from indexer.catalog import read_catalog
 from indexer.embeddings import EmbedConfig
 from indexer.features import FeatureJobConfig
@@ -38,7 +39,8 @@ def make_checkpoint(catalog_path: Path, out: Path, seed: int = 0, **overrides: o
     catalog = read_catalog(catalog_path, check_images="none")
     tokenizer = train_tokenizer(catalog.texts(), vocab_size=400)
     torch.manual_seed(seed)
-    model = FashionBertModel(named_config("tiny", tokenizer, patch_feature_dim=1280, **{**TINY, **overrides}))
+    model = FashionBertModel(named_config("tiny", tokenizer, patch_feature_dim=BACKBONES[DEFAULT_IMAGE_ENCODER],
+                                             image_encoder=DEFAULT_IMAGE_ENCODER, **{**TINY, **overrides}))
     FashionBert(model, tokenizer).save_pretrained(out)
     return out
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from fashionbert.text import load_tokenizer
+from fashionbert.vision import BACKBONES, DEFAULT_IMAGE_ENCODER
 from indexer.feature_store import FeatureStore
 from indexer.versions import IndexDir
 from pipelines.demo import DemoConfig, run_demo
@@ -22,7 +23,7 @@ def test_demo_runs_every_stage_then_reuses_them(tmp_path):
     for split in ("train", "test"):
         store = FeatureStore(first.features[split].out_dir)
         assert len(store) == first.features[split].num_images > 0
-        assert store.load_all().shape[1:] == (64, 1280)
+        assert store.load_all().shape[1:] == (64, BACKBONES[DEFAULT_IMAGE_ENCODER])
         assert np.isfinite(store.load_all().astype(np.float32)).all()
     tokenizer = load_tokenizer(first.tokenizer)
     assert tokenizer.tokenize("红色") == ["红", "色"]

@@ -45,3 +45,15 @@ def test_a_bad_sweep_weight_is_a_one_line_usage_error(eval_inputs):
                                  "--features", str(cfg.features), "--dual-weight-sweep", "0.5,heavy"])
     assert r.exit_code != 0
     assert "--dual-weight-sweep" in r.output and "'heavy' is not a weight >= 0" in r.output
+
+
+def test_features_of_another_image_encoder_are_a_clear_error(eval_inputs, tmp_path):
+    """A checkpoint trained on the 432-d features, evaluated on a directory of the 1280-d head map:
+    refused up front, naming both widths, instead of a matrix-shape error inside the model."""
+    catalog = read_catalog(eval_inputs.catalog, check_images="none")
+    extract_catalog_features(catalog, tmp_path / "head", FeatureJobConfig(encoder="efficientnet_lite0", batch_size=8,
+                             shard_size=16, num_workers=0, max_images_per_product=1), progress=False)
+    r = CliRunner().invoke(app, ["eval", "--checkpoint", str(eval_inputs.checkpoint), "--catalog",
+                                 str(eval_inputs.catalog), "--features", str(tmp_path / "head")])
+    assert r.exit_code == 1 and "Traceback" not in r.output, r.output
+    assert "reads 432-d patch features (efficientnet_lite0_multiscale)" in r.output and "gives 1280-d" in r.output

@@ -13,6 +13,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from fashionbert.vision import BACKBONES, DEFAULT_IMAGE_ENCODER
 from indexer.catalog import read_catalog
 from indexer.feature_store import FeatureStore, FeatureStoreError
 from indexer.features import FeatureDirMismatchError, FeatureJobConfig, extract_catalog_features
@@ -39,12 +40,12 @@ def test_shards_are_row_aligned_fp16_and_bad_images_recorded(catalog_with_bad_im
     assert (bad["row"], bad["product_id"], bad["image_index"]) == (2, "p002", 1)
     first = np.load(tmp_path / "f" / "part-00000.npy")
     meta = pq.read_table(tmp_path / "f" / "part-00000.parquet")
-    assert first.dtype == np.float16 and first.shape == (4, 64, 1280)
+    assert first.dtype == np.float16 and first.shape == (4, 64, BACKBONES[DEFAULT_IMAGE_ENCODER])
     assert meta.column("product_id").to_pylist() == ["p000", "p000", "p001", "p001"]
     assert meta.column("image_index").to_pylist() == [0, 1, 0, 1]
 
     store = FeatureStore(tmp_path / "f")
-    assert len(store) == 9 and store.feature_dim == 1280
+    assert len(store) == 9 and store.feature_dim == BACKBONES[DEFAULT_IMAGE_ENCODER]
     assert ("p002", 1) not in store and store.image_indices("p002") == [0]
     assert np.array_equal(store.get("p001", 1), first[3])
     assert store.bad_images() == result.bad_images

@@ -20,6 +20,7 @@ from fashionbert.encoder import CheckpointError, FashionBert
 from indexer.ann import load_index
 from indexer.catalog import CatalogSchemaError, EmptyCatalogError
 from indexer.embeddings import faiss_id
+from indexer.features import FeatureJobConfig
 from indexer.job import INFOS_FILE, IncrementalUpdateError, build_index_version, gather_vectors, update_index_version
 from indexer.version_index import AnnConfig
 from indexer.versions import IndexDir
@@ -280,3 +281,29 @@ def test_product_vector_eval_scores_what_the_index_serves(data):
     assert metrics["products.joint.t2p.mrr"] != metrics["products.t2i.t2p.mrr"]
     # Every shopper query of the catalog is scored once.
     assert metrics["products.joint.t2p.n_queries"] == sum(len(q) for q in pq.read_table(data["catalog"]).column("queries").to_pylist())
+
+
+def test_index_extracts_photos_with_the_checkpoints_image_encoder(data, tmp_path):
+    """`fashionbert index` without --encoder uses the CNN the checkpoint was trained on (config.json says);
+    one it cannot read is refused before any photo is read."""
+    import shutil
+
+    from indexer.embeddings import FeatureDimMismatchError
+    from pipelines.index import IndexOptions, job_config
+
+    def encoder_of(checkpoint: Path, **kw: object) -> tuple[str, str]:
+        cfg = job_config(IndexOptions(out=tmp_path / "o", checkpoint=checkpoint, catalog=data["catalog"], **kw))
+        return cfg.feature_config.encoder, cfg.feature_config.mode
+
+    assert encoder_of(data["ckpt"]) == ("efficientnet_lite0_multiscale", "grid")
+    assert encoder_of(data["ckpt"], encoder="resnet50", mode="crop") == ("resnet50", "crop")  # asked for: as asked
+    older = tmp_path / "older"  # a checkpoint saved before the encoder was recorded: the head map it was trained on
+    shutil.copytree(data["ckpt"], older)
+    config = json.loads((older / "config.json").read_text())
+    del config["image_encoder"], config["patch_mode"]
+    (older / "config.json").write_text(json.dumps(config))
+    assert encoder_of(older) == ("efficientnet_lite0", "grid")
+    with pytest.raises(FeatureDimMismatchError, match=r"reads 432-d patch features .* image encoder resnet50 gives 2048-d"):
+        build_index_version(job(data["catalog"], data["ckpt"], tmp_path / "wrong",
+                                feature_config=FeatureJobConfig(encoder="resnet50", num_workers=0)))
+    assert not (tmp_path / "wrong" / "CURRENT").exists() and not list((tmp_path / "wrong").glob("**/features-*"))

@@ -16,6 +16,7 @@ from fashionbert.modeling import FashionBertModel
 from fashionbert.pretraining import PretrainCollator, PretrainCorpus, PretrainingTask, SubCategoryBatchSampler
 from fashionbert.synthetic import generate_catalog
 from fashionbert.text import IGNORE_INDEX, WholeWordMasker, train_tokenizer
+from fashionbert.vision import DEFAULT_IMAGE_ENCODER
 from indexer.catalog import read_catalog
 from indexer.feature_store import FeatureStore
 from indexer.features import FeatureJobConfig, extract_catalog_features
@@ -304,6 +305,10 @@ def test_pretrain_writes_a_loadable_checkpoint_log_and_plot(data, tmp_path):
     assert result.steps_done == 6 and result.stopped_by == "steps"
     ckpt = FashionBert.from_pretrained(tmp_path / "run")
     assert ckpt.encode_text(["红色连衣裙"]).shape == (1, 32)
+    # the config says which CNN made the features it reads, so the indexer and the API extract the same
+    made_with = json.loads((data["root"] / "features" / "features_info.json").read_text())["config"]
+    assert (ckpt.config.image_encoder, ckpt.config.patch_mode) == (made_with["encoder"], made_with["mode"])
+    assert ckpt.config.image_encoder == DEFAULT_IMAGE_ENCODER and ckpt.config.patch_feature_dim == 432
     with (tmp_path / "run" / "train_log.csv").open() as fh:
         rows = list(csv.DictReader(fh))
     assert [int(float(r["step"])) for r in rows] == [1, 2, 3, 4, 5, 6]

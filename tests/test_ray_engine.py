@@ -29,10 +29,12 @@ from indexer.embeddings import EMB_KINDS, PATCHES, EMBED_INFO, EmbedConfig, chec
 from indexer.feature_store import FeatureStore  # noqa: E402
 from indexer.features import FeatureJobConfig, extract_catalog_features  # noqa: E402
 from indexer.ray_engine import embed_catalog_ray  # noqa: E402
+from fashionbert.vision import BACKBONES  # noqa: E402
 
 TINY = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128, itc_dim=32)
 # Small grid cells (128 px images) keep the CNN cheap; 3 planned images, 2 views per product.
 FEATURES = FeatureJobConfig(cell_size=16, batch_size=4, num_workers=0, max_images_per_product=3, device="cpu")
+FEATURE_DIM = BACKBONES[FEATURES.encoder]
 EMBED = EmbedConfig(max_views=2, batch_size=8, shard_size=8)
 META_COLUMNS = ["product_id", "faiss_id", "catalog_row", "has_image", "num_images", "views"]
 
@@ -63,7 +65,7 @@ def setup(tmp_path_factory):
 
     torch.manual_seed(0)
     tokenizer = train_tokenizer(catalog.texts(), vocab_size=400)
-    model = FashionBert(FashionBertModel(named_config("tiny", tokenizer, patch_feature_dim=1280, **TINY)), tokenizer)
+    model = FashionBert(FashionBertModel(named_config("tiny", tokenizer, patch_feature_dim=FEATURE_DIM, **TINY)), tokenizer)
     ckpt = model.save_pretrained(root / "ckpt")
     sha = checkpoint_sha256(ckpt)
 
@@ -107,7 +109,7 @@ def test_ray_engine_writes_the_local_engines_shards_and_resumes(setup, ray_clust
             assert va.dtype == vb.dtype == np.float32 and va.shape == vb.shape == (8, 32)
             assert np.allclose(va, vb, atol=1e-4), (name, kind, np.abs(va - vb).max())
         pa_, pb_ = (np.load(d / "emb" / PATCHES / f"{name}.npy") for d in (root / "local", root / "ray"))
-        assert pa_.dtype == pb_.dtype == np.float16 and pa_.shape == pb_.shape == (8, 64, 1280)
+        assert pa_.dtype == pb_.dtype == np.float16 and pa_.shape == pb_.shape == (8, 64, FEATURE_DIM)
         assert np.allclose(pa_.astype(np.float32), pb_.astype(np.float32), atol=2e-2), (name, np.abs(pa_ - pb_).max())
 
     meta = pq.read_table(root / "ray" / "meta").to_pylist()

@@ -13,13 +13,14 @@ import pytest
 import torch
 
 from fashionbert.encoder import FashionBert
+from fashionbert.vision import BACKBONES, DEFAULT_IMAGE_ENCODER
 from fashionbert.tagging import StrayPlan, TagDataset, TaggerConfig, TrainOptions, fit_tagger
 from fashionbert.tagging.dataset import STRAY
 from fashionbert.tagging.training import StateCache, _inject_strays, stray_loss
 from tests.tagging_fixtures import TagData, one_torch_thread, tag_data  # noqa: F401 - fixture
 from tests.test_tagging import SMALL_HEAD
 
-P, D = 64, 1280  # the tiny checkpoint's patch grid and feature size
+P, D = 64, BACKBONES[DEFAULT_IMAGE_ENCODER]  # the tiny checkpoint's patch grid and feature size
 
 
 @pytest.fixture(autouse=True)

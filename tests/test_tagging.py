@@ -278,7 +278,7 @@ def test_average_precision_ranks_products_per_tag_and_ties_count_against():
 # ----------------------------------------------------------------------------- the trunk side
 def test_states_come_from_one_joint_pass_and_missing_modalities_are_masked(tag_data: TagData):  # noqa: F811
     trunk = FashionBert.from_pretrained(tag_data.checkpoint)
-    feats = np.random.default_rng(0).normal(size=(2, 64, 1280)).astype(np.float32)
+    feats = np.random.default_rng(0).normal(size=(2, 64, trunk.config.patch_feature_dim)).astype(np.float32)
     x = encode_states(trunk, ["red floral dress", "red floral dress", ""], [feats[:1], None, feats], max_views=2)
     tok = trunk.tokenize(["red floral dress"], "T")
     with torch.no_grad():
@@ -300,7 +300,7 @@ def test_states_come_from_one_joint_pass_and_missing_modalities_are_masked(tag_d
 def test_separate_passes_keep_the_modalities_apart(tag_data: TagData):  # noqa: F811
     """Late-fusion input: the text states ignore the picture and the patch states ignore the title."""
     trunk = FashionBert.from_pretrained(tag_data.checkpoint)
-    feats = np.random.default_rng(1).normal(size=(2, 64, 1280)).astype(np.float32)
+    feats = np.random.default_rng(1).normal(size=(2, 64, trunk.config.patch_feature_dim)).astype(np.float32)
     x = encode_states(trunk, ["red floral dress", "red floral dress", "blue shirt"], [feats[:1], feats[1:], feats[:1]],
                       max_views=1, passes="separate")
     tok = trunk.tokenize(["red floral dress"], "T")

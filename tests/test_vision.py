@@ -22,7 +22,8 @@ def effnet():
     return build_backbone("efficientnet_lite0", input_size=PatchFeatureExtractor.backbone_input_size("grid"))
 
 
-@pytest.mark.parametrize(("name", "dim"), [("resnet50", 2048), ("efficientnet_lite0", 1280)])
+@pytest.mark.parametrize(("name", "dim"),
+                         [("resnet50", 2048), ("efficientnet_lite0", 1280), ("efficientnet_lite0_multiscale", 432)])
 @pytest.mark.parametrize("mode", ["grid", "crop"])
 def test_patch_features_have_64_rows_of_the_backbone_dim(name, dim, mode):
     size = PatchFeatureExtractor.backbone_input_size(mode, crop_size=32)
@@ -92,7 +93,7 @@ def _one_lit_cell_batch(cells: list[tuple[int, int]]) -> torch.Tensor:
 CELLS = [(0, 1), (1, 1), (2, 5), (5, 2), (6, 6), (7, 3), (3, 3), (4, 5)]  # asymmetric: a transpose fails
 
 
-@pytest.mark.parametrize("name", ["efficientnet_lite0", "resnet50"])
+@pytest.mark.parametrize("name", ["efficientnet_lite0", "efficientnet_lite0_multiscale", "resnet50"])
 def test_crop_patch_order_is_raster_row_major(name):
     """Crop mode: lighting up cell (r, c) changes exactly patch r * 8 + c."""
     extractor = PatchFeatureExtractor(build_backbone(name, input_size=32), "crop", crop_size=32)
@@ -103,24 +104,56 @@ def test_crop_patch_order_is_raster_row_major(name):
         assert float(change.sum() - change.max()) == 0.0  # no other crop sees the lit cell
 
 
-@pytest.mark.parametrize("name", ["efficientnet_lite0", "resnet50"])
-def test_grid_patches_line_up_with_crop_cells(name):
+@pytest.mark.parametrize(("name", "channels"), [
+    ("efficientnet_lite0", slice(None)),
+    ("resnet50", slice(None)),
+    ("efficientnet_lite0_multiscale", slice(0, 320)),  # the last block's half
+    ("efficientnet_lite0_multiscale", slice(320, None)),  # the stride-16 half, pooled onto the same cells
+])
+def test_grid_patches_line_up_with_crop_cells(name, channels):
     """Grid mode: the centre of mass of the feature change sits on the lit cell, not half a cell off.
 
     A CNN map cell sees far beyond its cell, so the test uses the change's centroid over the 8x8
     patches (argmax is noisy); without the half-cell padding and offset, resnet50 is off by ~0.45.
+    The multi-scale features are checked half by half: a stride-16 map pooled a cell off would
+    pass on the concatenation, whose change the 320 wider channels dominate. Each lit cell comes
+    with its mirror image, so the pull of a wide receptive field towards the centre cancels in
+    the mean and what is left is the shift (the last block's map is wide: with the eight cells
+    alone its centre pull read as a 0.29-cell shift, mirrored it is 0.21 and the head's 0.06).
     """
+    cells = CELLS + [(GRID - 1 - r, GRID - 1 - c) for r, c in CELLS]
     extractor = PatchFeatureExtractor(build_backbone(name), "grid")
-    out = extractor(_one_lit_cell_batch(CELLS))
+    out = extractor(_one_lit_cell_batch(cells))[..., channels]
     rows, cols = torch.meshgrid(torch.arange(GRID), torch.arange(GRID), indexing="ij")
     errors = []
-    for k, (r, c) in enumerate(CELLS, start=1):
+    for k, (r, c) in enumerate(cells, start=1):
         weight = (out[k] - out[0]).norm(dim=-1).view(GRID, GRID) ** 2
         weight = weight / weight.sum()
         errors.append((float((weight * rows).sum()) - r, float((weight * cols).sum()) - c))
     # A systematic shift moves the mean; single cells near the border are pulled towards the centre.
     mean_error = np.abs(np.mean(errors, axis=0))
     assert (mean_error < 0.25).all(), mean_error
+
+
+def test_multiscale_features_are_the_blocks_the_head_reads(effnet):
+    """The multi-scale map's first 320 channels are exactly what EfficientNet-Lite0's 1x1 head turns into
+    the 1280-d map (so it is the network before its head, with the packaged weights), and the other 112
+    are the stride-16 stage's map averaged over each cell's 3x3 window."""
+    multiscale = build_backbone("efficientnet_lite0_multiscale", input_size=PatchFeatureExtractor.backbone_input_size("grid"))
+    assert multiscale.feature_dim == 432 and multiscale.pretrained and multiscale.weights == effnet.weights
+    x = torch.randn(2, 3, 288, 288, generator=torch.Generator().manual_seed(3)).contiguous(memory_format=torch.channels_last)
+    net = effnet.module.net
+    with torch.inference_mode():
+        blocks = multiscale.module(x)
+        head = effnet.module(x)
+        assert blocks.shape == (2, 432, 9, 9)
+        torch.testing.assert_close(net._swish(net._bn1(net._conv_head(blocks[:, :320]))), head, atol=1e-4, rtol=1e-4)
+        h = net._swish(net._bn0(net._conv_stem(x)))
+        for block in net._blocks[:11]:  # through the stride-16 stage (its last block is index 10)
+            h = block(h)
+        assert h.shape[1:] == (112, 18, 18)
+        # patch (2, 5) centres on stride-16 cells (5, 11): the mean of rows 4-6, columns 10-12
+        torch.testing.assert_close(blocks[:, 320:, 2, 5], h[:, :, 4:7, 10:13].mean(dim=(2, 3)), atol=1e-5, rtol=1e-5)
 
 
 def test_extraction_is_deterministic(effnet):
@@ -133,3 +166,20 @@ def test_load_image_tensor_keeps_whole_image_and_converts_mode():
     img = Image.new("L", (300, 120), 128)
     t = load_image_tensor(img, 256)
     assert t.shape == (3, 256, 256) and t.dtype == torch.uint8 and int(t[0, 0, 0]) == 128
+
+
+def test_the_clis_and_the_jobs_default_image_encoder_is_the_libraries():
+    """`features` and `demo` keep literal defaults (so `fashionbert --help` imports no torch): they must agree
+    with DEFAULT_IMAGE_ENCODER, which FeatureJobConfig and DemoConfig take."""
+    import inspect
+
+    from fashionbert.vision import BACKBONES, DEFAULT_IMAGE_ENCODER
+    from indexer.features import FeatureJobConfig
+    from pipelines.cli_data import features
+    from pipelines.cli_serve import demo
+    from pipelines.demo import DemoConfig
+
+    assert DEFAULT_IMAGE_ENCODER in BACKBONES
+    for command in (features, demo):
+        assert inspect.signature(command).parameters["encoder"].default == DEFAULT_IMAGE_ENCODER, command.__name__
+    assert FeatureJobConfig().encoder == DemoConfig().encoder == DEFAULT_IMAGE_ENCODER
