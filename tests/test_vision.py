@@ -183,3 +183,15 @@ def test_the_clis_and_the_jobs_default_image_encoder_is_the_libraries():
     for command in (features, demo):
         assert inspect.signature(command).parameters["encoder"].default == DEFAULT_IMAGE_ENCODER, command.__name__
     assert FeatureJobConfig().encoder == DemoConfig().encoder == DEFAULT_IMAGE_ENCODER
+
+
+@pytest.mark.parametrize("cell_size", [16, 24, 32])
+def test_multiscale_halves_have_the_same_map_at_any_cell_size(cell_size):
+    """An input side that is not a multiple of 32 leaves the stride-16 map one cell short of twice the
+    stride-32 one (144 px: 9 against 5); every coarse cell still gets its window."""
+    size = PatchFeatureExtractor.backbone_input_size("grid", cell_size=cell_size)
+    extractor = PatchFeatureExtractor(build_backbone("efficientnet_lite0_multiscale", input_size=size), "grid", cell_size)
+    images = torch.randint(0, 256, (1, 3, 8 * cell_size, 8 * cell_size), dtype=torch.uint8,
+                           generator=torch.Generator().manual_seed(cell_size))
+    out = extractor(images)
+    assert out.shape == (1, NUM_PATCHES, 432) and torch.isfinite(out).all()

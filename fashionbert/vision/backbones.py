@@ -110,8 +110,11 @@ class _EfficientNetMultiScaleTrunk(nn.Module):
             x = block(x)  # eval mode: drop-connect is off
             if index == self.fine_block:
                 fine = x
-        side = x.shape[-1]
-        fine = F.avg_pool2d(F.pad(fine, (0, 1, 0, 1), mode="replicate"), kernel_size=3, stride=2)[..., :side, :side]
+        # Window k covers fine cells 2k..2k+2; the map is padded (replicating its last row and
+        # column) to 2 x side + 1 cells, so there are exactly as many windows as coarse cells
+        # even when an odd input size leaves the fine map one cell short of twice the coarse one.
+        rows, cols = (2 * coarse + 1 - fine_side for coarse, fine_side in zip(x.shape[-2:], fine.shape[-2:]))
+        fine = F.avg_pool2d(F.pad(fine, (0, cols, 0, rows), mode="replicate"), kernel_size=3, stride=2)
         return torch.cat([x, fine], dim=1)
 
 
