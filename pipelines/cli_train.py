@@ -33,6 +33,12 @@ def pretrain(
     clean_fraction: Annotated[float, typer.Option(min=0.0, max=1.0, help="Rows kept unmasked for TIA (0: FashionBERT's single corrupted pass).")] = 0.0,
     tia_negatives: Annotated[str, typer.Option(help="sub-category (a random image of the same sub-category) | "
                                                     "itc-hard (drawn by ITC similarity, ALBEF).")] = "sub-category",
+    tia_hard_share: Annotated[float, typer.Option(min=0.0, max=1.0, help="With --tia-negatives itc-hard: the share of "
+                                                                         "negative rows mined; the rest keep a random one.")] = 1.0,
+    attribute_twins: Annotated[bool, typer.Option(help="Products of one sub-category with the same catalog `attributes` "
+                                                      "are not each other's negatives (TIA, ITC, mining).")] = False,
+    group_size: Annotated[int, typer.Option(min=1, help="Batches are runs of this many same-sub-category products: "
+                                                        "larger means harder in-batch negatives.")] = 4,
     tia_grid: Annotated[int, typer.Option(min=0, help="0: one random same-sub-category negative per text (FashionBERT). "
                                                      "G >= 2: groups of G same-sub-category products, every text against "
                                                      "every image, TIA ranking in both directions.")] = 0,
@@ -67,7 +73,8 @@ def pretrain(
         batch_size=batch_size, grad_accum=grad_accum, lr=lr, warmup_steps=warmup_steps, loss_weighting=loss_weighting,
         weighting_every=weighting_every,
         tasks=tuple(t.strip() for t in tasks.split(",") if t.strip()), tokenizer=tokenizer, bert_init=bert_init,
-        clean_fraction=clean_fraction, tia_negatives=tia_negatives, tia_grid=tia_grid, main_view_share=main_view_share,
+        clean_fraction=clean_fraction, tia_negatives=tia_negatives, tia_hard_share=tia_hard_share,
+        attribute_twins=attribute_twins, group_size=group_size, tia_grid=tia_grid, main_view_share=main_view_share,
         view_contrast_share=view_contrast_share,
         seed=seed, device=device, save_every=save_every,
     )

@@ -102,6 +102,8 @@ class PretrainConfig:
     tia_negative_fraction: float = 0.5
     clean_fraction: float = 0.0  # rows left unmasked for TIA; 0 = FashionBERT's single corrupted pass
     tia_negatives: str = "sub-category"  # or "itc-hard": negatives drawn by ITC similarity (ALBEF)
+    tia_hard_share: float = 1.0  # itc-hard: share of the negative rows re-drawn; the rest keep a random one
+    attribute_twins: bool = False  # products with the same catalog attributes are not each other's negatives
     tia_grid: int = 0  # G >= 2: TIA ranks each text against G same-sub-category images and back (collator's grid)
     main_view_share: float = 1.0  # rows showing the listing's main photo; the rest draw any view (docs/design.md item 49)
     # rows that also contrast another photo of their listing (item 53); None: 0.25 when itc is on, else 0
@@ -370,7 +372,7 @@ def pretrain(cfg: PretrainConfig, echo: Callable[[str], None] = print, progress:
         raise ValueError("--tia-grid draws its negatives from each group's sub-category; drop --tia-negatives")
     if cfg.view_contrast_share and "itc" not in cfg.tasks:
         raise ValueError("--view-contrast-share contrasts image-only encodings beside ITC's: keep the itc task on")
-    task = PretrainingTask(model, cfg.tasks, cfg.tia_negatives)
+    task = PretrainingTask(model, cfg.tasks, cfg.tia_negatives, cfg.tia_hard_share)
     weighting = build_loss_weighting(
         cfg.loss_weighting, **({"every": cfg.weighting_every * cfg.grad_accum} if cfg.loss_weighting == "adaptive-grad" else {}))
     masker = WholeWordMasker(tokenizer, user_words=cfg.user_words, seed=cfg.seed)
@@ -379,6 +381,7 @@ def pretrain(cfg: PretrainConfig, echo: Callable[[str], None] = print, progress:
         mpm_probability=cfg.mpm_probability, tia_negative_fraction=cfg.tia_negative_fraction,
         query_probability=cfg.query_probability, clean_fraction=cfg.clean_fraction, tia_grid=cfg.tia_grid,
         seed=cfg.seed, main_view_share=cfg.main_view_share, view_contrast_share=cfg.view_contrast_share,
+        attribute_twins=cfg.attribute_twins,
     )
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embeddings" not in n]
     no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embeddings" not in n)]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -185,6 +186,31 @@ def test_tia_negatives_come_from_the_same_sub_category(data, corpus):
         assert owners, "the negative image must belong to a product of the same sub-category"
 
 
+def test_attribute_twins_are_nobodys_negative(data, corpus):
+    """Listings with the same visible attributes: the random TIA negative skips them, and the batch marks them."""
+    rec = corpus.records[0]
+    assert rec.attributes and dict(rec.attributes)["sub_category"] == rec.sub_category
+    assert "season" not in dict(rec.attributes)  # named in titles, never drawn: no visual difference
+    by_sub: dict[str, list[int]] = {}
+    for i, r in enumerate(corpus.records):
+        by_sub.setdefault(r.sub_category, []).append(i)
+    members = max(by_sub.values(), key=len)
+    assert len(members) >= 3
+    twins = [replace(r, attributes=(("colour", "red"),)) if i in members[1:] else r for i, r in enumerate(corpus.records)]
+    twinned = PretrainCorpus(twins, corpus.sources)
+    batch = make_collator(data, twinned, tia_negative_fraction=1.0, attribute_twins=True)(members, step=0)
+    odd_one = twinned.records[members[0]]
+    odd_images = [corpus.features.get(odd_one.product_id, v).astype(np.float32) for v in odd_one.images]
+    for row in range(1, len(members)):  # each twin's only same-sub-category non-twin is the odd one
+        assert any(np.array_equal(batch["mpm_targets"][row].numpy(), image) for image in odd_images)
+    expected = torch.ones(len(members), len(members), dtype=torch.bool)
+    expected[0, :] = expected[:, 0] = False
+    expected[0, 0] = True  # a record is its own twin (it is already "the same product")
+    assert torch.equal(batch["attribute_twins"], expected)
+    off = make_collator(data, twinned, tia_negative_fraction=1.0)(members, step=0)  # the default
+    assert not off["attribute_twins"].any()
+
+
 def test_grid_layout_ranks_every_text_against_every_image_of_its_group(data, corpus, tmp_path):
     collate = make_collator(data, corpus, query_probability=0.5, tia_grid=3)
     indices = SubCategoryBatchSampler([r.sub_category for r in corpus.records], 16, 4, seed=0).batch(1)
@@ -267,30 +293,97 @@ def test_task_returns_named_losses_and_each_can_be_switched_off(data, corpus):
         PretrainingTask(model, ["nsp"])
 
 
+def _mining_batch(sub_category_ids: list[int], twins: torch.Tensor | None = None) -> tuple[dict, torch.Tensor]:
+    """Four rows, row 0 matched and rows 1-3 negatives; image j's patches are all j+1, patch 0 zeroed."""
+    eye = torch.eye(4, dtype=torch.bool)
+    image_features = torch.arange(1, 5, dtype=torch.float32)[:, None, None].expand(4, 64, 3).clone()
+    zeroed = torch.zeros(4, 64, dtype=torch.bool)
+    zeroed[:, 0] = True
+    batch = {"patch_features": image_features.clone(), "image_features": image_features, "zeroed_patches": zeroed,
+             "tia_labels": torch.tensor([1, 0, 0, 0]), "itc_same_text": eye, "itc_same_product": eye,
+             "sub_category_ids": torch.tensor(sub_category_ids), "negative_seed": torch.tensor(5)}
+    if twins is not None:
+        batch["attribute_twins"] = twins
+    return batch, image_features
+
+
+def _mined(patches: torch.Tensor, row: int) -> int:
+    """Which image a row now shows (its zeroed patch stays zero)."""
+    assert torch.all(patches[row, 0] == 0)
+    values = patches[row, 1:].unique()
+    assert len(values) == 1
+    return int(values.item()) - 1
+
+
 def test_hard_negatives_follow_the_itc_similarity(data, corpus):
     """Known answer: each text is (at temperature 1/100) nearest one other image; that image becomes its negative."""
     model = FashionBertModel(named_config("tiny", data["tokenizer"], 3, **TINY))
     with torch.no_grad():
         model.logit_scale.fill_(np.log(100.0))
-    eye = torch.eye(4, dtype=torch.bool)
-    image_features = torch.arange(1, 5, dtype=torch.float32)[:, None, None].expand(4, 64, 3).clone()  # image j is all j+1
-    zeroed = torch.zeros(4, 64, dtype=torch.bool)
-    zeroed[:, 0] = True
-    batch = {"patch_features": image_features.clone(), "image_features": image_features, "zeroed_patches": zeroed,
-             "tia_labels": torch.tensor([1, 0, 0, 0]), "itc_same_text": eye, "itc_same_product": eye,
-             "sub_category_ids": torch.tensor([0, 0, 1, 1]), "negative_seed": torch.tensor(5)}
     text = torch.eye(4, 8)
     image = torch.eye(4, 8)[[3, 0, 1, 2]]  # text 1 ~ image 2, text 2 ~ image 3, text 3 ~ image 0
     task = PretrainingTask(model, tia_negatives="itc-hard")
+    batch, image_features = _mining_batch([0, 0, 0, 0])
     patches, same_sub = task._hard_negatives(batch, text, image)
     assert torch.equal(patches[0], image_features[0])  # the positive row is untouched
-    for row, mined in ((1, 2), (2, 3), (3, 0)):
-        assert torch.all(patches[row, 1:] == mined + 1) and torch.all(patches[row, 0] == 0)  # its zeroed patch stays zero
-    assert same_sub == pytest.approx(1 / 3)  # only 2 -> 3 stays in its sub-category
+    assert [_mined(patches, row) for row in (1, 2, 3)] == [2, 3, 0]
+    assert same_sub == 1.0
     with pytest.raises(ValueError, match="itc task"):
         PretrainingTask(model, ["mlm", "tia"], tia_negatives="itc-hard")
     with pytest.raises(ValueError, match="tia_negatives"):
         PretrainingTask(model, tia_negatives="random")
+    with pytest.raises(ValueError, match="tia_hard_share"):
+        PretrainingTask(model, tia_negatives="itc-hard", tia_hard_share=1.5)
+
+
+def test_hard_negatives_stay_in_the_sub_category_and_skip_attribute_twins(data, corpus):
+    """The nearest image of another sub-category or of an attribute twin is passed over for the next one."""
+    model = FashionBertModel(named_config("tiny", data["tokenizer"], 3, **TINY))
+    with torch.no_grad():
+        model.logit_scale.fill_(np.log(100.0))
+    text = torch.eye(4, 8)
+    image = torch.eye(4, 8)[[3, 0, 1, 2]]  # text 1 ~ image 2, text 2 ~ image 3, text 3 ~ image 0
+    task = PretrainingTask(model, tia_negatives="itc-hard")
+    # sub-categories 0,0,1,1: text 1's nearest (image 2) is another sub-category -> image 0, its only same-sub one;
+    # text 3's nearest (image 0) likewise -> image 2. Text 2 keeps image 3.
+    batch, _ = _mining_batch([0, 0, 1, 1])
+    patches, same_sub = task._hard_negatives(batch, text, image)
+    assert [_mined(patches, row) for row in (1, 2, 3)] == [0, 3, 2]
+    assert same_sub == 1.0
+    # a row alone in its sub-category (row 1: sub 2) may mine from any other product: its nearest, image 2
+    batch, _ = _mining_batch([0, 2, 1, 1])
+    patches, same_sub = task._hard_negatives(batch, text, image)
+    assert _mined(patches, 1) == 2
+    # rows 2 and 3 are attribute twins: text 2 cannot take image 3 and text 3 cannot take image 2
+    twins = torch.eye(4, dtype=torch.bool)
+    twins[2, 3] = twins[3, 2] = True
+    batch, _ = _mining_batch([0, 0, 0, 0], twins)
+    patches, _ = task._hard_negatives(batch, text, image)
+    assert _mined(patches, 2) != 3 and _mined(patches, 3) != 2
+    assert _mined(patches, 1) == 2
+
+
+def test_hard_share_mines_only_part_of_the_negative_rows(data, corpus):
+    """share 0 mines nothing; share 0.5 leaves some rows of a large batch with their own image (seeded)."""
+    model = FashionBertModel(named_config("tiny", data["tokenizer"], 3, **TINY))
+    text = torch.eye(4, 8)
+    image = torch.eye(4, 8)[[3, 0, 1, 2]]
+    batch, image_features = _mining_batch([0, 0, 0, 0])
+    patches, same_sub = PretrainingTask(model, tia_negatives="itc-hard", tia_hard_share=0.0)._hard_negatives(batch, text, image)
+    assert torch.equal(patches, batch["patch_features"]) and np.isnan(same_sub)
+    n = 200
+    eye = torch.eye(n, dtype=torch.bool)
+    big = {"patch_features": torch.zeros(n, 64, 3), "image_features": torch.arange(1, n + 1, dtype=torch.float32)[:, None, None]
+           .expand(n, 64, 3).clone(), "zeroed_patches": torch.zeros(n, 64, dtype=torch.bool),
+           "tia_labels": torch.zeros(n, dtype=torch.long), "itc_same_text": eye, "itc_same_product": eye,
+           "sub_category_ids": torch.zeros(n, dtype=torch.long), "negative_seed": torch.tensor(3)}
+    vectors = torch.nn.functional.normalize(torch.randn(n, 8, generator=torch.Generator().manual_seed(0)), dim=-1)
+    task = PretrainingTask(model, tia_negatives="itc-hard", tia_hard_share=0.5)
+    first, _ = task._hard_negatives(big, vectors, vectors)
+    again, _ = task._hard_negatives(big, vectors, vectors)
+    assert torch.equal(first, again)  # seeded by the batch
+    mined = (first.abs().sum((1, 2)) > 0).float().mean()
+    assert 0.35 < mined < 0.65
 
 
 def _cfg(data, out, **kw) -> PretrainConfig:

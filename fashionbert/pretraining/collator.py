@@ -57,6 +57,7 @@ class PretrainCollator:
         seed: int = 0,
         main_view_share: float = 1.0,
         view_contrast_share: float = 0.0,
+        attribute_twins: bool = False,
     ):
         self.corpus = corpus
         self.masker = masker
@@ -81,6 +82,9 @@ class PretrainCollator:
         self.clean_fraction = clean_fraction
         self.tia_grid = tia_grid
         self.seed = seed
+        # Catalog attribute twins (same sub-category, same non-empty ``attributes``) are nobody's negative.
+        # Off by default: on the synthetic catalog it changed neither encoder (docs/results.md, stop 31).
+        self.attribute_twins = attribute_twins
         self._encoded: dict[str, tuple[list[int], list[int | None]]] = {}
 
     def _encode(self, text: str) -> tuple[list[int], list[int | None]]:
@@ -92,6 +96,11 @@ class PretrainCollator:
     def _pad(self, rows: list[list[int]], value: int) -> torch.Tensor:
         width = max(len(r) for r in rows)
         return torch.tensor([r + [value] * (width - len(r)) for r in rows], dtype=torch.long)
+
+    def _twins(self, a: PretrainRecord, b: PretrainRecord) -> bool:
+        """Two listings the catalog cannot tell apart: a title of one fits the other's picture."""
+        return (self.attribute_twins and bool(a.attributes) and a.attributes == b.attributes
+                and a.sub_category == b.sub_category)
 
     def _draw_texts(self, records: list[PretrainRecord], rng: np.random.Generator) -> tuple[list[str], list[int]]:
         texts, segments = [], []
@@ -152,6 +161,8 @@ class PretrainCollator:
             "image_features": torch.from_numpy(feats),
             "itc_same_text": torch.tensor([[a == b for b in texts] for a in texts]),
             "itc_same_product": torch.tensor([[a.key == b.key for b in records] for a in records]),
+            # Products the catalog cannot tell apart (same sub-category and every attribute): not negatives.
+            "attribute_twins": torch.tensor([[self._twins(a, b) for b in records] for a in records]),
             "sub_category_ids": torch.tensor([sub_ids.setdefault(r.sub_category, len(sub_ids)) for r in records]),
             # Drawn last, so that adding it changed none of the draws above: seeds the task's negative mining.
             "negative_seed": torch.tensor(int(rng.integers(2**31 - 1))),
@@ -205,9 +216,8 @@ class PretrainCollator:
         image_rows = np.arange(n)
         tia = np.ones(n, dtype=np.int64)
         for i in np.flatnonzero(rng.random(n) < self.tia_negative_fraction):
-            same = [j for j in range(n) if j != i and records[j].sub_category == records[i].sub_category
-                    and records[j].key != records[i].key]
-            others = same or [j for j in range(n) if records[j].key != records[i].key]
+            distinct = [j for j in range(n) if records[j].key != records[i].key and not self._twins(records[i], records[j])]
+            others = [j for j in distinct if records[j].sub_category == records[i].sub_category] or distinct
             if others:
                 image_rows[i] = others[int(rng.integers(len(others)))]
                 tia[i] = 0

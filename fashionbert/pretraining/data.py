@@ -36,6 +36,9 @@ class PretrainRecord:
     images: tuple[int, ...]  # image indices present in the feature store
     query_weights: tuple[float, ...] = ()  # click counts of ``queries`` (empty: uniform)
     source: int = 0  # which feature store (continue-pretraining mixes two catalogs)
+    # The catalog's ``attributes`` map as sorted (key, value) pairs; empty when the catalog has none.
+    # Two products with the same non-empty attributes are twins: neither is the other's negative.
+    attributes: tuple[tuple[str, str], ...] = ()
 
     @property
     def key(self) -> tuple[int, str]:
@@ -44,6 +47,9 @@ class PretrainRecord:
 
 
 QUERY_LOG_COLUMNS = ("query", "product_id")
+# Attribute keys no photo shows: two listings that differ only in these still look the same, so they stay
+# attribute twins (not each other's negatives). A collection season is named in the title, never drawn.
+NON_VISUAL_ATTRIBUTES = ("season",)
 
 
 def queries_from_log(table, known_ids: set[str] | None = None) -> dict[str, dict[str, float]]:
@@ -108,19 +114,22 @@ class PretrainCorpus:
         return cls(first.records + moved, first.sources + second.sources)
 
     @classmethod
-    def from_catalog(cls, catalog, store, query_log: dict[str, dict[str, float]] | None = None) -> PretrainCorpus:
+    def from_catalog(cls, catalog, store, query_log: dict[str, dict[str, float]] | None = None,
+                     non_visual_attributes: Sequence[str] = NON_VISUAL_ATTRIBUTES) -> PretrainCorpus:
         """Build from an :class:`indexer.catalog.Catalog` and an :class:`indexer.feature_store.FeatureStore`.
 
         Alternative titles in columns named ``title_*`` (e.g. the synthetic catalog's
         ``title_en``/``title_zh``) are used as extra T texts; ``queries`` as Q texts,
         joined by the click log's queries (:func:`queries_from_log`) weighted by their clicks;
-        a catalog query missing from the log counts as one click.
+        a catalog query missing from the log counts as one click. Records keep the
+        ``attributes`` map less ``non_visual_attributes`` (what decides attribute twins).
         """
         table = catalog.table
         columns = table.column_names
         title_columns = catalog.title_columns
         values = {c: table.column(c).to_pylist() for c in title_columns}
         queries = table.column("queries").to_pylist() if "queries" in columns else [None] * len(table)
+        attributes = table.column("attributes").to_pylist() if "attributes" in columns else [None] * len(table)
         records = []
         for row, pid in enumerate(table.column("product_id").to_pylist()):
             images = tuple(store.image_indices(pid))
@@ -138,11 +147,20 @@ class PretrainCorpus:
                 queries=tuple(weights),
                 images=images,
                 query_weights=tuple(weights.values()) if query_log else (),
+                attributes=_attribute_pairs(attributes[row], non_visual_attributes),
             ))
         return cls(records, store)
 
     def __len__(self) -> int:
         return len(self.records)
+
+
+def _attribute_pairs(value, skip: Sequence[str] = ()) -> tuple[tuple[str, str], ...]:
+    """A catalog's ``attributes`` cell (Arrow map -> list of pairs, or a dict) as sorted string pairs."""
+    if not value:
+        return ()
+    items = value.items() if isinstance(value, dict) else value
+    return tuple(sorted((str(k), str(v)) for k, v in items if k is not None and v is not None and k not in skip))
 
 
 class SubCategoryBatchSampler:

@@ -47,7 +47,8 @@ TIA_NEGATIVES = ("sub-category", "itc-hard")
 
 
 class PretrainingTask(nn.Module):
-    def __init__(self, model: FashionBertModel, tasks: Iterable[str] = TASKS, tia_negatives: str = "sub-category"):
+    def __init__(self, model: FashionBertModel, tasks: Iterable[str] = TASKS, tia_negatives: str = "sub-category",
+                 tia_hard_share: float = 1.0):
         super().__init__()
         self.model = model
         self.tasks = tuple(tasks)
@@ -58,7 +59,10 @@ class PretrainingTask(nn.Module):
             raise ValueError(f"tia_negatives must be one of {TIA_NEGATIVES}, got {tia_negatives!r}")
         if tia_negatives == "itc-hard" and "itc" not in self.tasks:
             raise ValueError("tia_negatives='itc-hard' mines with the ITC encodings: keep the itc task on")
+        if not 0.0 <= tia_hard_share <= 1.0:
+            raise ValueError(f"tia_hard_share must be in [0, 1], got {tia_hard_share}")
         self.tia_negatives = tia_negatives
+        self.tia_hard_share = tia_hard_share
 
     def shared_parameters(self) -> list[nn.Parameter]:
         """The trunk's last layer: where adaptive-grad weighting measures per-task gradient norms."""
@@ -139,30 +143,44 @@ class PretrainingTask(nn.Module):
 
     @staticmethod
     def _not_negative(batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """[n, n]: another row with the very same text, or the same product, is not a negative."""
-        return batch["itc_same_text"] | batch["itc_same_product"]
+        """[n, n]: another row with the very same text, the same product or its attribute twin is not a negative."""
+        not_negative = batch["itc_same_text"] | batch["itc_same_product"]
+        return not_negative | batch["attribute_twins"] if "attribute_twins" in batch else not_negative
 
     @torch.no_grad()
     def _hard_negatives(self, batch: dict[str, torch.Tensor], text: torch.Tensor,
                         image: torch.Tensor) -> tuple[torch.Tensor, float]:
-        """The joint pass's patches with every negative row's image re-drawn by ITC similarity.
+        """The joint pass's patches with ``tia_hard_share`` of the negative rows' images re-drawn by ITC similarity.
 
         Drawn (not the arg-max) as in ALBEF, so a near-duplicate product does not become every
         step's negative; seeded by the batch, so a resumed run draws the same. A re-drawn image
-        keeps the row's zeroed patches. Returns the patches and the share of mined images
-        from the text's own sub-category (a diagnostic: it rises as ITC learns).
+        keeps the row's zeroed patches. Candidates are the batch's other products of the
+        text's sub-category (any other product where it has none there), never an attribute
+        twin (when the collator marks them): the most ITC-similar product is otherwise often
+        one whose picture the text fits just as well, and a "no match" label on it is noise.
+        The other negative rows keep their random draw, so TIA still sees the easy mismatches
+        its agreement features learn first. Even so, on the 20-minute CPU budget it cost the
+        cross encoder 13 SumR (docs/results.md, stop 31): an option for longer runs.
+        Returns the patches and the share of mined images from the text's own sub-category.
         """
         patches = batch["patch_features"]
         negative = torch.nonzero(batch["tia_labels"] == 0).squeeze(1)
+        generator = torch.Generator().manual_seed(int(batch["negative_seed"]))
+        if self.tia_hard_share < 1.0:
+            negative = negative[torch.rand(len(negative), generator=generator) < self.tia_hard_share]
         if len(negative) == 0:
             return patches, float("nan")
         logits = (self.model.temperature_scale() * text @ image.T).float()
-        logits = logits.masked_fill(self._not_negative(batch), float("-inf"))[negative]
+        excluded = self._not_negative(batch)[negative]
+        sub = batch["sub_category_ids"]
+        other_sub = (sub[None, :] != sub[negative][:, None]).to(excluded.device)
+        has_same_sub = (~excluded & ~other_sub).any(1, keepdim=True)
+        excluded = excluded | (other_sub & has_same_sub)
+        logits = logits[negative].masked_fill(excluded, float("-inf"))
         usable = torch.isfinite(logits).any(1)
         negative, logits = negative[usable], logits[usable]
         if len(negative) == 0:
             return patches, float("nan")
-        generator = torch.Generator().manual_seed(int(batch["negative_seed"]))
         chosen = torch.multinomial(logits.softmax(-1).cpu(), 1, generator=generator).squeeze(1).to(patches.device)
         patches = patches.clone()
         keep = ~batch["zeroed_patches"][negative]
