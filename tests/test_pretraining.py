@@ -315,14 +315,18 @@ def _mined(patches: torch.Tensor, row: int) -> int:
     return int(values.item()) - 1
 
 
-def test_hard_negatives_follow_the_itc_similarity(data, corpus):
-    """Known answer: each text is (at temperature 1/100) nearest one other image; that image becomes its negative."""
+def _sharp_miner(data) -> tuple[PretrainingTask, torch.Tensor, torch.Tensor]:
+    """An itc-hard task at temperature 1/100, and ITC vectors where text 1 ~ image 2, text 2 ~ image 3, text 3 ~ image 0."""
     model = FashionBertModel(named_config("tiny", data["tokenizer"], 3, **TINY))
     with torch.no_grad():
         model.logit_scale.fill_(np.log(100.0))
-    text = torch.eye(4, 8)
-    image = torch.eye(4, 8)[[3, 0, 1, 2]]  # text 1 ~ image 2, text 2 ~ image 3, text 3 ~ image 0
-    task = PretrainingTask(model, tia_negatives="itc-hard")
+    return PretrainingTask(model, tia_negatives="itc-hard"), torch.eye(4, 8), torch.eye(4, 8)[[3, 0, 1, 2]]
+
+
+def test_hard_negatives_follow_the_itc_similarity(data, corpus):
+    """Known answer: each text is (at temperature 1/100) nearest one other image; that image becomes its negative."""
+    task, text, image = _sharp_miner(data)
+    model = task.model
     batch, image_features = _mining_batch([0, 0, 0, 0])
     patches, same_sub = task._hard_negatives(batch, text, image)
     assert torch.equal(patches[0], image_features[0])  # the positive row is untouched
@@ -338,12 +342,7 @@ def test_hard_negatives_follow_the_itc_similarity(data, corpus):
 
 def test_hard_negatives_stay_in_the_sub_category_and_skip_attribute_twins(data, corpus):
     """The nearest image of another sub-category or of an attribute twin is passed over for the next one."""
-    model = FashionBertModel(named_config("tiny", data["tokenizer"], 3, **TINY))
-    with torch.no_grad():
-        model.logit_scale.fill_(np.log(100.0))
-    text = torch.eye(4, 8)
-    image = torch.eye(4, 8)[[3, 0, 1, 2]]  # text 1 ~ image 2, text 2 ~ image 3, text 3 ~ image 0
-    task = PretrainingTask(model, tia_negatives="itc-hard")
+    task, text, image = _sharp_miner(data)
     # sub-categories 0,0,1,1: text 1's nearest (image 2) is another sub-category -> image 0, its only same-sub one;
     # text 3's nearest (image 0) likewise -> image 2. Text 2 keeps image 3.
     batch, _ = _mining_batch([0, 0, 1, 1])
