@@ -36,7 +36,7 @@ def pretrain(
     tia_hard_share: Annotated[float, typer.Option(min=0.0, max=1.0, help="With --tia-negatives itc-hard: the share of "
                                                                          "negative rows mined; the rest keep a random one.")] = 1.0,
     attribute_twins: Annotated[bool, typer.Option(help="Products of one sub-category with the same catalog `attributes` "
-                                                      "are not each other's negatives (TIA, ITC, mining).")] = False,
+                                                      "are not each other's negatives (TIA pairs, ITC, mining; not with --tia-grid).")] = False,
     group_size: Annotated[int, typer.Option(min=1, help="Batches are runs of this many same-sub-category products: "
                                                         "larger means harder in-batch negatives.")] = 4,
     tia_grid: Annotated[int, typer.Option(min=0, help="0: one random same-sub-category negative per text (FashionBERT). "

@@ -370,6 +370,10 @@ def pretrain(cfg: PretrainConfig, echo: Callable[[str], None] = print, progress:
     model.train()
     if cfg.tia_grid and cfg.tia_negatives != "sub-category":
         raise ValueError("--tia-grid draws its negatives from each group's sub-category; drop --tia-negatives")
+    if cfg.tia_grid and cfg.attribute_twins:
+        raise ValueError("--tia-grid ranks every image of a group, twins included; drop --attribute-twins")
+    if cfg.tia_hard_share < 1.0 and cfg.tia_negatives != "itc-hard":
+        raise ValueError("--tia-hard-share is the share of ITC-mined negatives: it needs --tia-negatives itc-hard")
     if cfg.view_contrast_share and "itc" not in cfg.tasks:
         raise ValueError("--view-contrast-share contrasts image-only encodings beside ITC's: keep the itc task on")
     task = PretrainingTask(model, cfg.tasks, cfg.tia_negatives, cfg.tia_hard_share)

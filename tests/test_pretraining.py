@@ -241,6 +241,10 @@ def test_grid_layout_ranks_every_text_against_every_image_of_its_group(data, cor
         make_collator(data, corpus, tia_grid=2, clean_fraction=0.5)
     with pytest.raises(ValueError, match="tia-negatives"):  # mining re-draws pair rows; the grid has its own negatives
         pretrain(_cfg(data, tmp_path / "both", tia_grid=2, tia_negatives="itc-hard"), echo=lambda s: None, progress=False)
+    with pytest.raises(ValueError, match="attribute-twins"):  # the grid's ranking would still count twins as negatives
+        pretrain(_cfg(data, tmp_path / "twins", tia_grid=2, attribute_twins=True), echo=lambda s: None, progress=False)
+    with pytest.raises(ValueError, match="needs --tia-negatives itc-hard"):  # a share of nothing mined is a mistake
+        pretrain(_cfg(data, tmp_path / "share", tia_hard_share=0.5), echo=lambda s: None, progress=False)
 
 
 def test_grid_groups_top_up_short_sub_categories_and_fall_back_to_pairs(data, corpus):

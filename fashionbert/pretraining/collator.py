@@ -162,7 +162,8 @@ class PretrainCollator:
             "itc_same_text": torch.tensor([[a == b for b in texts] for a in texts]),
             "itc_same_product": torch.tensor([[a.key == b.key for b in records] for a in records]),
             # Products the catalog cannot tell apart (same sub-category and every attribute): not negatives.
-            "attribute_twins": torch.tensor([[self._twins(a, b) for b in records] for a in records]),
+            "attribute_twins": (torch.tensor([[self._twins(a, b) for b in records] for a in records])
+                                if self.attribute_twins else torch.zeros(len(records), len(records), dtype=torch.bool)),
             "sub_category_ids": torch.tensor([sub_ids.setdefault(r.sub_category, len(sub_ids)) for r in records]),
             # Drawn last, so that adding it changed none of the draws above: seeds the task's negative mining.
             "negative_seed": torch.tensor(int(rng.integers(2**31 - 1))),
