@@ -100,6 +100,7 @@ class PretrainConfig:
     query_probability: float = 0.3
     mpm_probability: float = 0.1
     tia_negative_fraction: float = 0.5
+    tia_other_sub_share: float = 0.0  # of the negative rows: an image of another sub-category (not the row's own)
     clean_fraction: float = 0.0  # rows left unmasked for TIA; 0 = FashionBERT's single corrupted pass
     tia_negatives: str = "sub-category"  # or "itc-hard": negatives drawn by ITC similarity (ALBEF)
     tia_hard_share: float = 1.0  # itc-hard: share of the negative rows re-drawn; the rest keep a random one
@@ -372,6 +373,8 @@ def pretrain(cfg: PretrainConfig, echo: Callable[[str], None] = print, progress:
         raise ValueError("--tia-grid draws its negatives from each group's sub-category; drop --tia-negatives")
     if cfg.tia_grid and cfg.attribute_twins:
         raise ValueError("--tia-grid ranks every image of a group, twins included; drop --attribute-twins")
+    if cfg.tia_grid and cfg.tia_other_sub_share:
+        raise ValueError("--tia-grid ranks within one sub-category's group; drop --tia-other-sub-share")
     if cfg.tia_hard_share < 1.0 and cfg.tia_negatives != "itc-hard":
         raise ValueError("--tia-hard-share is the share of ITC-mined negatives: it needs --tia-negatives itc-hard")
     if cfg.view_contrast_share and "itc" not in cfg.tasks:
@@ -385,7 +388,7 @@ def pretrain(cfg: PretrainConfig, echo: Callable[[str], None] = print, progress:
         mpm_probability=cfg.mpm_probability, tia_negative_fraction=cfg.tia_negative_fraction,
         query_probability=cfg.query_probability, clean_fraction=cfg.clean_fraction, tia_grid=cfg.tia_grid,
         seed=cfg.seed, main_view_share=cfg.main_view_share, view_contrast_share=cfg.view_contrast_share,
-        attribute_twins=cfg.attribute_twins,
+        attribute_twins=cfg.attribute_twins, tia_other_sub_share=cfg.tia_other_sub_share,
     )
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embeddings" not in n]
     no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embeddings" not in n)]

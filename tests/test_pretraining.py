@@ -186,6 +186,38 @@ def test_tia_negatives_come_from_the_same_sub_category(data, corpus):
         assert owners, "the negative image must belong to a product of the same sub-category"
 
 
+def _negative_owner_subs(corpus, indices, batch) -> list[tuple[str, str]]:
+    """(text's sub-category, the negative image's owner's sub-category) of each negative row that could draw either."""
+    store, out = corpus.features, []
+    for i, idx in enumerate(indices):
+        subs = {corpus.records[j].sub_category == corpus.records[idx].sub_category for j in indices if j != idx}
+        if int(batch["tia_labels"][i]) == 1 or subs != {True, False}:  # only rows that had both kinds to draw from
+            continue
+        target = batch["mpm_targets"][i].numpy()
+        owners = {corpus.records[j].sub_category for j in indices for v in corpus.records[j].images
+                  if j != idx and np.array_equal(store.get(corpus.records[j].product_id, v).astype(np.float32), target)}
+        assert len(owners) == 1, owners
+        out.append((corpus.records[idx].sub_category, owners.pop()))
+    return out
+
+
+def test_a_share_of_tia_negatives_comes_from_other_sub_categories(data, corpus):
+    """The other-sub-category share: 0 keeps every negative in the text's sub-category, 1 sends each out of
+    it, and a share in between mixes the two; a share outside [0, 1] is refused."""
+    sampler = SubCategoryBatchSampler([r.sub_category for r in corpus.records], 16, 4, seed=0)
+    counts = {}
+    for share in (0.0, 0.5, 1.0):
+        collate = make_collator(data, corpus, tia_negative_fraction=1.0, tia_other_sub_share=share)
+        pairs = [p for step in range(6) for p in _negative_owner_subs(corpus, sampler.batch(step), collate(sampler.batch(step), step=step))]
+        counts[share] = (sum(a == b for a, b in pairs), sum(a != b for a, b in pairs))
+    assert counts[0.0][1] == 0 and counts[0.0][0] > 40
+    assert counts[1.0][0] == 0 and counts[1.0][1] > 40
+    same, other = counts[0.5]
+    assert 0.3 < other / (same + other) < 0.7, counts
+    with pytest.raises(ValueError, match="tia_other_sub_share"):
+        make_collator(data, corpus, tia_other_sub_share=1.5)
+
+
 def test_attribute_twins_are_nobodys_negative(data, corpus):
     """Listings with the same visible attributes: the random TIA negative skips them, and the batch marks them."""
     rec = corpus.records[0]
@@ -245,6 +277,8 @@ def test_grid_layout_ranks_every_text_against_every_image_of_its_group(data, cor
         pretrain(_cfg(data, tmp_path / "twins", tia_grid=2, attribute_twins=True), echo=lambda s: None, progress=False)
     with pytest.raises(ValueError, match="needs --tia-negatives itc-hard"):  # a share of nothing mined is a mistake
         pretrain(_cfg(data, tmp_path / "share", tia_hard_share=0.5), echo=lambda s: None, progress=False)
+    with pytest.raises(ValueError, match="drop --tia-other-sub-share"):  # a grid group is one sub-category
+        pretrain(_cfg(data, tmp_path / "other", tia_grid=2, tia_other_sub_share=0.3), echo=lambda s: None, progress=False)
 
 
 def test_grid_groups_top_up_short_sub_categories_and_fall_back_to_pairs(data, corpus):

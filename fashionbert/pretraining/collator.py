@@ -58,6 +58,7 @@ class PretrainCollator:
         main_view_share: float = 1.0,
         view_contrast_share: float = 0.0,
         attribute_twins: bool = False,
+        tia_other_sub_share: float = 0.0,
     ):
         self.corpus = corpus
         self.masker = masker
@@ -66,6 +67,9 @@ class PretrainCollator:
         self.num_patches = num_patches
         self.n_masked_patches = max(1, int(round(mpm_probability * num_patches)))
         self.tia_negative_fraction = tia_negative_fraction
+        if not 0.0 <= tia_other_sub_share <= 1.0:
+            raise ValueError("tia_other_sub_share must be in [0, 1]")
+        self.tia_other_sub_share = tia_other_sub_share
         self.query_probability = query_probability
         if not 0.0 <= clean_fraction <= 1.0:
             raise ValueError("clean_fraction must be in [0, 1]")
@@ -212,13 +216,28 @@ class PretrainCollator:
 
     def _pair_rows(self, records: list[PretrainRecord], encoded, segments: list[int], feats: np.ndarray,
                    rng: np.random.Generator) -> dict[str, torch.Tensor]:
-        """One joint row per record; a share of them with a same-sub-category record's image."""
+        """One joint row per record; a share of them with another record's image (TIA label 0).
+
+        The negative image is a same-sub-category record's (FashionBERT's), except for
+        ``tia_other_sub_share`` of the negative rows, which take one from another sub-category.
+        Why both: same-sub-category negatives teach the fine attributes (colour, print,
+        neckline), but a cross encoder that never saw another sub-category's picture as a
+        "no match" does not learn to check the product type at all: it ranked a tote or a
+        t-shirt first for "jeans" on a third of random-100's queries, whose groups are
+        topped up from other sub-categories (docs/results.md, stop 33), and the search
+        re-ranks candidates of any sub-category too.
+        """
         n = len(records)
         image_rows = np.arange(n)
         tia = np.ones(n, dtype=np.int64)
         for i in np.flatnonzero(rng.random(n) < self.tia_negative_fraction):
             distinct = [j for j in range(n) if records[j].key != records[i].key and not self._twins(records[i], records[j])]
-            others = [j for j in distinct if records[j].sub_category == records[i].sub_category] or distinct
+            same_sub = [j for j in distinct if records[j].sub_category == records[i].sub_category]
+            # Drawn only when the option is on, so a share of 0 leaves every other draw as it was.
+            if self.tia_other_sub_share > 0 and rng.random() < self.tia_other_sub_share:
+                others = [j for j in distinct if records[j].sub_category != records[i].sub_category] or same_sub
+            else:
+                others = same_sub or distinct
             if others:
                 image_rows[i] = others[int(rng.integers(len(others)))]
                 tia[i] = 0
