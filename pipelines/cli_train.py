@@ -35,10 +35,10 @@ def pretrain(
                                                     "itc-hard (drawn by ITC similarity, ALBEF).")] = "sub-category",
     tia_hard_share: Annotated[float, typer.Option(min=0.0, max=1.0, help="With --tia-negatives itc-hard: the share of "
                                                                          "negative rows mined; the rest keep a random one.")] = 1.0,
-    tia_other_sub_share: Annotated[float, typer.Option(min=0.0, max=1.0, help="Share of TIA's negative rows whose image "
-                                                                              "comes from another sub-category (the rest: the "
-                                                                              "text's own), so the cross encoder also checks the "
-                                                                              "product type.")] = 0.0,
+    tia_other_sub_share: Annotated[float | None, typer.Option(
+        min=0.0, max=1.0, help="Share of TIA's negative rows whose image comes from another sub-category (the rest: the "
+                               "text's own), so the cross encoder also checks the product type. Default 0.3; 0 is "
+                               "FashionBERT's same-sub-category negatives only.")] = None,
     attribute_twins: Annotated[bool, typer.Option(help="Products of one sub-category with the same catalog `attributes` "
                                                       "are not each other's negatives (TIA pairs, ITC, mining; not with --tia-grid).")] = False,
     group_size: Annotated[int, typer.Option(min=1, help="Batches are runs of this many same-sub-category products: "
@@ -70,6 +70,8 @@ def pretrain(
             --config tiny --max-minutes 20
         fashionbert pretrain --config runs/tiny/fashionbert-pretrain.yaml
     """
+    from dataclasses import replace
+
     from pipelines.pretrain import PretrainConfig, pretrain as run_pretrain
 
     cfg = PretrainConfig(
@@ -78,10 +80,12 @@ def pretrain(
         weighting_every=weighting_every,
         tasks=tuple(t.strip() for t in tasks.split(",") if t.strip()), tokenizer=tokenizer, bert_init=bert_init,
         clean_fraction=clean_fraction, tia_negatives=tia_negatives, tia_hard_share=tia_hard_share,
-        tia_other_sub_share=tia_other_sub_share, attribute_twins=attribute_twins, group_size=group_size, tia_grid=tia_grid, main_view_share=main_view_share,
+        attribute_twins=attribute_twins, group_size=group_size, tia_grid=tia_grid, main_view_share=main_view_share,
         view_contrast_share=view_contrast_share,
         seed=seed, device=device, save_every=save_every,
     )
+    if tia_other_sub_share is not None:  # None: the job's default (pipelines.pretrain.PretrainConfig)
+        cfg = replace(cfg, tia_other_sub_share=tia_other_sub_share)
     result = run_pretrain(cfg, echo=typer.echo)
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun only rank 0 reports
         return

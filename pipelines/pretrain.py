@@ -50,6 +50,7 @@ from fashionbert.configuration import DEFAULT_LEARNING_RATES, named_config
 from fashionbert.encoder import FashionBert
 from fashionbert.modeling import FashionBertModel
 from fashionbert.pretraining import (
+    DEFAULT_TIA_OTHER_SUB_SHARE,
     TASKS,
     MixedBatchSampler,
     PretrainCollator,
@@ -100,7 +101,8 @@ class PretrainConfig:
     query_probability: float = 0.3
     mpm_probability: float = 0.1
     tia_negative_fraction: float = 0.5
-    tia_other_sub_share: float = 0.0  # of the negative rows: an image of another sub-category (not the row's own)
+    # of the pair rows' negatives: another sub-category's image (a --tia-grid group's negatives are its own)
+    tia_other_sub_share: float = DEFAULT_TIA_OTHER_SUB_SHARE
     clean_fraction: float = 0.0  # rows left unmasked for TIA; 0 = FashionBERT's single corrupted pass
     tia_negatives: str = "sub-category"  # or "itc-hard": negatives drawn by ITC similarity (ALBEF)
     tia_hard_share: float = 1.0  # itc-hard: share of the negative rows re-drawn; the rest keep a random one
@@ -373,8 +375,6 @@ def pretrain(cfg: PretrainConfig, echo: Callable[[str], None] = print, progress:
         raise ValueError("--tia-grid draws its negatives from each group's sub-category; drop --tia-negatives")
     if cfg.tia_grid and cfg.attribute_twins:
         raise ValueError("--tia-grid ranks every image of a group, twins included; drop --attribute-twins")
-    if cfg.tia_grid and cfg.tia_other_sub_share:
-        raise ValueError("--tia-grid ranks within one sub-category's group; drop --tia-other-sub-share")
     if cfg.tia_hard_share < 1.0 and cfg.tia_negatives != "itc-hard":
         raise ValueError("--tia-hard-share is the share of ITC-mined negatives: it needs --tia-negatives itc-hard")
     if cfg.view_contrast_share and "itc" not in cfg.tasks:

@@ -218,6 +218,25 @@ def test_random_scorer_is_at_chance() -> None:
     assert res["tia_accuracy"] == pytest.approx(0.5, abs=0.05)
 
 
+class ProductTypeBlind:
+    """Ranks by the product number's parity alone, as a scorer that ignores the sub-category would:
+    the positive ties with its own sub-category's same-parity products and with every top-up of that
+    parity."""
+
+    def score_pairs(self, texts: Sequence[str], patch_features: np.ndarray) -> np.ndarray:
+        return np.where(title_number(texts) % 2 == marker(patch_features) % 2, 1.0, 0.0)
+
+
+def test_top1_from_another_sub_category() -> None:
+    items, features = make_items({"a": 40, "b": 70})  # every group is topped up from the other sub-category
+    oracle = evaluate_random100(Oracle(), items, features, n_queries=50)
+    assert oracle["t2i"]["top1_other_sub_category"] == oracle["i2t"]["top1_other_sub_category"] == 0.0
+    blind = evaluate_random100(ProductTypeBlind(), items, features, n_queries=50)
+    assert blind["t2i"]["top1_other_sub_category"] == blind["i2t"]["top1_other_sub_category"] == 1.0
+    single = evaluate_random100(Oracle(), *make_items({"a": 120}), n_queries=20)  # no top-ups: never
+    assert single["t2i"]["top1_other_sub_category"] == 0.0
+
+
 def test_pairs_follow_direction() -> None:
     items, features = make_items({"a": 101})
     rec = Recorder()
@@ -314,6 +333,7 @@ def test_random100_scored_by_the_dual_encoder() -> None:
 
 EXPECTED_KEYS = {
     *(f"random100.{d}.r{k}" for d in ("i2t", "t2i") for k in (1, 5, 10)),
+    *(f"random100.{d}.top1_other_sub_category" for d in ("i2t", "t2i")),
     "random100.sum_r",
     "tia_accuracy",
     *(f"full.{d}.{m}" for d in ("t2i", "i2t") for m in ("recall@1", "recall@10", "recall@100", "mrr")),

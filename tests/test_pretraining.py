@@ -172,7 +172,7 @@ def test_corruption_does_not_give_the_tia_label_away(data, corpus):
 
 
 def test_tia_negatives_come_from_the_same_sub_category(data, corpus):
-    collate = make_collator(data, corpus, tia_negative_fraction=1.0)
+    collate = make_collator(data, corpus, tia_negative_fraction=1.0, tia_other_sub_share=0.0)
     indices = SubCategoryBatchSampler([r.sub_category for r in corpus.records], 16, 4, seed=0).batch(2)
     batch = collate(indices, step=2)
     store = corpus.features
@@ -186,8 +186,9 @@ def test_tia_negatives_come_from_the_same_sub_category(data, corpus):
         assert owners, "the negative image must belong to a product of the same sub-category"
 
 
-def _negative_owner_subs(corpus, indices, batch) -> list[tuple[str, str]]:
-    """(text's sub-category, the negative image's owner's sub-category) of each negative row that could draw either."""
+def _negative_owner_subs(corpus, indices, batch) -> list[tuple[str, str, bool]]:
+    """(text's sub-category, the negative image's owner's, the batch's other-sub-category mark) of each
+    negative row that could draw either."""
     store, out = corpus.features, []
     for i, idx in enumerate(indices):
         subs = {corpus.records[j].sub_category == corpus.records[idx].sub_category for j in indices if j != idx}
@@ -197,7 +198,7 @@ def _negative_owner_subs(corpus, indices, batch) -> list[tuple[str, str]]:
         owners = {corpus.records[j].sub_category for j in indices for v in corpus.records[j].images
                   if j != idx and np.array_equal(store.get(corpus.records[j].product_id, v).astype(np.float32), target)}
         assert len(owners) == 1, owners
-        out.append((corpus.records[idx].sub_category, owners.pop()))
+        out.append((corpus.records[idx].sub_category, owners.pop(), bool(batch["tia_other_sub_rows"][i])))
     return out
 
 
@@ -208,8 +209,9 @@ def test_a_share_of_tia_negatives_comes_from_other_sub_categories(data, corpus):
     counts = {}
     for share in (0.0, 0.5, 1.0):
         collate = make_collator(data, corpus, tia_negative_fraction=1.0, tia_other_sub_share=share)
-        pairs = [p for step in range(6) for p in _negative_owner_subs(corpus, sampler.batch(step), collate(sampler.batch(step), step=step))]
-        counts[share] = (sum(a == b for a, b in pairs), sum(a != b for a, b in pairs))
+        rows = [r for step in range(6) for r in _negative_owner_subs(corpus, sampler.batch(step), collate(sampler.batch(step), step=step))]
+        assert all(marked == (a != b) for a, b, marked in rows)  # the batch marks exactly the other-sub-category rows
+        counts[share] = (sum(a == b for a, b, _ in rows), sum(a != b for a, b, _ in rows))
     assert counts[0.0][1] == 0 and counts[0.0][0] > 40
     assert counts[1.0][0] == 0 and counts[1.0][1] > 40
     same, other = counts[0.5]
@@ -230,7 +232,7 @@ def test_attribute_twins_are_nobodys_negative(data, corpus):
     assert len(members) >= 3
     twins = [replace(r, attributes=(("colour", "red"),)) if i in members[1:] else r for i, r in enumerate(corpus.records)]
     twinned = PretrainCorpus(twins, corpus.sources)
-    batch = make_collator(data, twinned, tia_negative_fraction=1.0, attribute_twins=True)(members, step=0)
+    batch = make_collator(data, twinned, tia_negative_fraction=1.0, attribute_twins=True, tia_other_sub_share=0.0)(members, step=0)
     odd_one = twinned.records[members[0]]
     odd_images = [corpus.features.get(odd_one.product_id, v).astype(np.float32) for v in odd_one.images]
     for row in range(1, len(members)):  # each twin's only same-sub-category non-twin is the odd one
@@ -277,8 +279,6 @@ def test_grid_layout_ranks_every_text_against_every_image_of_its_group(data, cor
         pretrain(_cfg(data, tmp_path / "twins", tia_grid=2, attribute_twins=True), echo=lambda s: None, progress=False)
     with pytest.raises(ValueError, match="needs --tia-negatives itc-hard"):  # a share of nothing mined is a mistake
         pretrain(_cfg(data, tmp_path / "share", tia_hard_share=0.5), echo=lambda s: None, progress=False)
-    with pytest.raises(ValueError, match="drop --tia-other-sub-share"):  # a grid group is one sub-category
-        pretrain(_cfg(data, tmp_path / "other", tia_grid=2, tia_other_sub_share=0.3), echo=lambda s: None, progress=False)
 
 
 def test_grid_groups_top_up_short_sub_categories_and_fall_back_to_pairs(data, corpus):
@@ -398,6 +398,11 @@ def test_hard_negatives_stay_in_the_sub_category_and_skip_attribute_twins(data, 
     patches, _ = task._hard_negatives(batch, text, image)
     assert _mined(patches, 2) != 3 and _mined(patches, 3) != 2
     assert _mined(patches, 1) == 2
+    # a negative row the collator showed another sub-category keeps its image: it teaches the product type
+    batch, _ = _mining_batch([0, 0, 0, 0])
+    batch["tia_other_sub_rows"] = torch.tensor([False, True, False, False])
+    patches, _ = task._hard_negatives(batch, text, image)
+    assert torch.equal(patches[1], batch["patch_features"][1]) and _mined(patches, 2) == 3
 
 
 def test_hard_share_mines_only_part_of_the_negative_rows(data, corpus):

@@ -284,7 +284,7 @@ def evaluate_random100(
 
     Returns plain Python types (JSON-ready)::
 
-        {"protocol": "random100", "t2i": {"r1", "r5", "r10", "n_groups", "n_topped_up",
+        {"protocol": "random100", "t2i": {"r1", "r5", "r10", "top1_other_sub_category", "n_groups", "n_topped_up",
          "ranks", "group_sizes"}, "i2t": {...}, "sum_r", "tia_accuracy", "tia_pairs",
          "n_groups", "n_topped_up", "chance_sum_r", "warnings", ...}
 
@@ -336,11 +336,13 @@ def evaluate_random100(
     for d in DIRECTIONS:
         ranks: list[int] = []
         sizes: list[int] = []
+        other_sub_top = 0
         for g in groups[d]:
             s = scores[offset : offset + len(g.candidates)]
             offset += len(g.candidates)
             ranks.append(pessimistic_rank(s, g.positive))
             sizes.append(len(g.candidates))
+            other_sub_top += _top_is_other_sub_category(s, g, items)
             if d == "t2i":
                 tia_correct += int(s[g.positive] > tia_threshold)
                 tia_pairs += 1
@@ -351,6 +353,7 @@ def evaluate_random100(
                     tia_pairs += 1
         block: dict[str, Any] = {f"r{k}": recall_at(ranks, k) for k in RANDOM100_KS}
         block.update(
+            top1_other_sub_category=other_sub_top / len(groups[d]) if groups[d] else float("nan"),
             n_groups=len(groups[d]),
             n_topped_up=sum(g.topped_up for g in groups[d]),
             ranks=ranks,
@@ -367,6 +370,19 @@ def evaluate_random100(
     result["n_topped_up"] = sum(result[d]["n_topped_up"] for d in DIRECTIONS)
     result["warnings"] = sorted({g.warning for d in DIRECTIONS for g in groups[d] if g.warning})
     return result
+
+
+def _top_is_other_sub_category(scores: np.ndarray, group: Group, items: Sequence[EvalItem]) -> bool:
+    """Whether a topped-up candidate of another sub-category scores at least as high as every one of the query's.
+
+    Why report it: a scorer that never learnt to check the product type still ranks the
+    same-sub-category candidates well, and only the top-ups expose it (a tote first for
+    "jeans"). Ties count against the scorer, as in :func:`pessimistic_rank`.
+    """
+    s = np.nan_to_num(np.asarray(scores, dtype=np.float64), nan=-np.inf)
+    own = items[group.query].sub_category
+    other = np.fromiter((items[c].sub_category != own for c in group.candidates), dtype=bool, count=len(s))
+    return bool(other.any()) and bool(s[other].max() >= s[~other].max())
 
 
 class MemoisedPairScorer:

@@ -30,7 +30,9 @@ _DIR_LABEL = {"t2i": "text → image", "i2t": "image → text"}
 def flatten_metrics(random100: Mapping[str, Any] | None, full: Mapping[str, Any] | None) -> dict[str, float]:
     """Headline numbers under stable dotted keys; a protocol that was not run contributes no keys.
 
-    random-100: ``random100.{i2t,t2i}.r{1,5,10}``, ``random100.sum_r``, ``tia_accuracy``.
+    random-100: ``random100.{i2t,t2i}.r{1,5,10}``, ``random100.sum_r``, ``tia_accuracy``, and
+    ``random100.{i2t,t2i}.top1_other_sub_category`` (the share of queries whose best-scored
+    candidate is a top-up from another sub-category).
     full catalog: ``full.{t2i,i2t}.recall@K`` for each K evaluated (1, 10, 100
     by default) and ``full.{t2i,i2t}.mrr``.
     """
@@ -39,6 +41,8 @@ def flatten_metrics(random100: Mapping[str, Any] | None, full: Mapping[str, Any]
         for d in ("i2t", "t2i"):
             for k in RANDOM100_KS:
                 flat[f"random100.{d}.r{k}"] = float(random100[d][f"r{k}"])
+            if "top1_other_sub_category" in random100[d]:
+                flat[f"random100.{d}.top1_other_sub_category"] = float(random100[d]["top1_other_sub_category"])
         flat["random100.sum_r"] = float(random100["sum_r"])
         flat["tia_accuracy"] = float(random100["tia_accuracy"])
     if full is not None:
@@ -79,9 +83,9 @@ def markdown_table(metrics: Mapping[str, Any]) -> str:
     if any(k.startswith("random100.") for k in flat):
         title = "**random-100** (cross encoder; 1 positive + 100 same-sub-category negatives; chance R@K ≈ K/101)"
         lines += [title, ""]
-        lines += ["| direction | R@1 | R@5 | R@10 |", "|---|---:|---:|---:|"]
+        lines += ["| direction | R@1 | R@5 | R@10 | top-1 from another sub-category |", "|---|---:|---:|---:|---:|"]
         for d in DIRECTIONS:
-            keys = [f"random100.{d}.r{k}" for k in RANDOM100_KS]
+            keys = [f"random100.{d}.r{k}" for k in RANDOM100_KS] + [f"random100.{d}.top1_other_sub_category"]
             used.update(keys)
             lines.append(f"| {_DIR_LABEL[d]} | " + " | ".join(_fmt(flat.get(k)) for k in keys) + " |")
         used.update({"random100.sum_r", "tia_accuracy"})

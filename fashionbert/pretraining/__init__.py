@@ -1,6 +1,6 @@
 """Pretraining data (corpus, hard-negative batches, masking) and tasks (named losses)."""
 
-from fashionbert.pretraining.collator import PretrainCollator
+from fashionbert.pretraining.collator import DEFAULT_TIA_OTHER_SUB_SHARE, PretrainCollator
 from fashionbert.pretraining.data import (
     MixedBatchSampler,
     PretrainCorpus,
@@ -10,4 +10,4 @@ from fashionbert.pretraining.data import (
 )
 from fashionbert.pretraining.task import TASKS, PretrainingTask
 
-__all__ = ["TASKS", "MixedBatchSampler", "queries_from_log", "PretrainCollator", "PretrainCorpus", "PretrainRecord", "PretrainingTask", "SubCategoryBatchSampler"]
+__all__ = ["DEFAULT_TIA_OTHER_SUB_SHARE", "TASKS", "MixedBatchSampler", "queries_from_log", "PretrainCollator", "PretrainCorpus", "PretrainRecord", "PretrainingTask", "SubCategoryBatchSampler"]

@@ -39,6 +39,11 @@ from fashionbert.configuration import SEGMENT_Q, SEGMENT_T
 from fashionbert.pretraining.data import PretrainCorpus, PretrainRecord
 from fashionbert.text import IGNORE_INDEX, WholeWordMasker
 
+# Share of TIA's negative rows that show another sub-category's picture (PretrainCollator._pair_rows):
+# the cross encoder then checks the product type too. 0.3 won 9.6 random-100 SumR over FashionBERT's
+# same-sub-category-only negatives on the same seed (docs/results.md, stop 33; docs/design.md item 59).
+DEFAULT_TIA_OTHER_SUB_SHARE = 0.3
+
 
 class PretrainCollator:
     """Turns a list of record indices into the tensors of one pretraining step."""
@@ -58,7 +63,7 @@ class PretrainCollator:
         main_view_share: float = 1.0,
         view_contrast_share: float = 0.0,
         attribute_twins: bool = False,
-        tia_other_sub_share: float = 0.0,
+        tia_other_sub_share: float = DEFAULT_TIA_OTHER_SUB_SHARE,
     ):
         self.corpus = corpus
         self.masker = masker
@@ -230,12 +235,14 @@ class PretrainCollator:
         n = len(records)
         image_rows = np.arange(n)
         tia = np.ones(n, dtype=np.int64)
+        other_sub = np.zeros(n, dtype=bool)
         for i in np.flatnonzero(rng.random(n) < self.tia_negative_fraction):
             distinct = [j for j in range(n) if records[j].key != records[i].key and not self._twins(records[i], records[j])]
             same_sub = [j for j in distinct if records[j].sub_category == records[i].sub_category]
             # Drawn only when the option is on, so a share of 0 leaves every other draw as it was.
             if self.tia_other_sub_share > 0 and rng.random() < self.tia_other_sub_share:
-                others = [j for j in distinct if records[j].sub_category != records[i].sub_category] or same_sub
+                outside = [j for j in distinct if records[j].sub_category != records[i].sub_category]
+                others, other_sub[i] = outside or same_sub, bool(outside)
             else:
                 others = same_sub or distinct
             if others:
@@ -260,6 +267,7 @@ class PretrainCollator:
         patches[zeroed] = 0.0
         joint = self._joint_tensors(masked, labels, segments, patches, feats[image_rows], zeroed, tia)
         joint["tia_rows"] = torch.from_numpy(clean if self.clean_fraction > 0 else np.ones(n, dtype=bool))
+        joint["tia_other_sub_rows"] = torch.from_numpy(other_sub)  # ITC mining keeps these rows' product-type lesson
         return joint
 
     def grid_groups(self, records: Sequence[PretrainRecord]) -> list[list[int]]:

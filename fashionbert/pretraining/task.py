@@ -158,13 +158,17 @@ class PretrainingTask(nn.Module):
         text's sub-category (any other product where it has none there), never an attribute
         twin (when the collator marks them): the most ITC-similar product is otherwise often
         one whose picture the text fits just as well, and a "no match" label on it is noise.
-        The other negative rows keep their random draw, so TIA still sees the easy mismatches
-        its agreement features learn first. Even so, on the 20-minute CPU budget it cost the
+        The other negative rows, and those the collator showed another sub-category's picture,
+        keep their random draw, so TIA still sees the easy mismatches its agreement features
+        learn first and still checks the product type. Even so, on the 20-minute CPU budget it cost the
         cross encoder 13 SumR (docs/results.md, stop 31): an option for longer runs.
         Returns the patches and the share of mined images from the text's own sub-category.
         """
         patches = batch["patch_features"]
-        negative = torch.nonzero(batch["tia_labels"] == 0).squeeze(1)
+        negative = batch["tia_labels"] == 0
+        if "tia_other_sub_rows" in batch:  # negatives shown another sub-category keep it: they teach the product type
+            negative = negative & ~batch["tia_other_sub_rows"]
+        negative = torch.nonzero(negative).squeeze(1)
         generator = torch.Generator().manual_seed(int(batch["negative_seed"]))
         if self.tia_hard_share < 1.0:
             negative = negative[torch.rand(len(negative), generator=generator) < self.tia_hard_share]
