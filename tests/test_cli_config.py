@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from typer.main import get_command
 from typer.testing import CliRunner
 
+from fashionbert.pretraining import DEFAULT_TIA_OTHER_SUB_SHARE
 from pipelines.cli import MODEL_SIZES, app
 from pipelines.cli_support import CliGroup, command_options, set_global_options
 
@@ -210,6 +211,7 @@ def test_pretrain_config_is_a_model_size_or_a_job_file(pretrain_data, tmp_path):
     assert effective["model"] == "tiny" and "config" not in effective and effective["batch-size"] == 4
     training = json.loads((run / "training_config.json").read_text())["training"]
     assert training["main_view_share"] == 1.0 and training["view_contrast_share"] == 0.5  # the flags reach the job
+    assert training["tia_other_sub_share"] == DEFAULT_TIA_OTHER_SUB_SHARE == 0.3  # no flag: the job's default
 
     # a job file with `model: tiny` and the same settings is the same run: it resumes the finished state
     job = tmp_path / "job.yaml"
@@ -231,6 +233,12 @@ def test_pretrain_config_is_a_model_size_or_a_job_file(pretrain_data, tmp_path):
     assert r.exit_code == 1 and r.output.strip().splitlines()[-1].startswith(f"error: {run} holds a training run with another")
     r = runner.invoke(app, ["pretrain", *inputs, "--config", "small", "--out", str(run), *fast])
     assert r.exit_code == 1 and "another configuration" in r.output
+
+    # --tia-other-sub-share 0 (FashionBERT's same-sub-category negatives only) reaches the job
+    other = tmp_path / "other"
+    r = runner.invoke(app, ["pretrain", *inputs, "--config", "tiny", "--out", str(other), *fast, "--tia-other-sub-share", "0"])
+    assert r.exit_code == 0, r.output
+    assert json.loads((other / "training_config.json").read_text())["training"]["tia_other_sub_share"] == 0.0
 
 
 # --------------------------------------------------------------------------- --log-json

@@ -228,7 +228,7 @@ class PretrainCollator:
         Why both: same-sub-category negatives teach the fine attributes (colour, print,
         neckline), but a cross encoder that never saw another sub-category's picture as a
         "no match" does not learn to check the product type at all: it ranked a tote or a
-        t-shirt first for "jeans" on a third of random-100's queries, whose groups are
+        t-shirt first for "jeans" on one text query in ten of random-100, whose groups are
         topped up from other sub-categories (docs/results.md, stop 33), and the search
         re-ranks candidates of any sub-category too.
         """
