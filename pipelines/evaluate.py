@@ -21,8 +21,8 @@ from fashionbert.evaluation import (
     write_report,
 )
 from fashionbert.evaluation.ceiling import random100_ceiling
+from fashionbert.evaluation.misses import KnownAttributes, top1_misses
 from fashionbert.reranking import DEFAULT_DUAL_WEIGHT, fuse_stage_scores
-from fashionbert.synthetic.text import title_likelihood
 from indexer.catalog import Catalog, read_catalog
 from indexer.embeddings import check_feature_dim
 from indexer.feature_store import FeatureStore
@@ -67,22 +67,40 @@ def eval_items(catalog: Catalog, features_dir: Path) -> tuple[list[EvalItem], np
     return items, np.stack(feats)
 
 
-def title_attribute_likelihood(catalog: Catalog, items: list[EvalItem]) -> Callable[[int, int], float] | None:
-    """P(item a's title | item b's attributes) for a synthetic catalog; None for a catalog without
-    ``attributes`` and ``title_attributes`` columns (a real one: its ceiling is unknown)."""
+def known_attributes(catalog: Catalog, items: list[EvalItem]) -> KnownAttributes | None:
+    """Each item's attributes and what its title names, for a synthetic catalog; None for a catalog
+    without ``attributes`` and ``title_attributes`` columns (a real one: its ceiling is unknown)."""
     if not {"attributes", "title_attributes"} <= set(catalog.table.column_names):
         return None
     rows = {pid: (dict(attrs or ()), named or ()) for pid, attrs, named in zip(
         *(catalog.table.column(c).to_pylist() for c in ("product_id", "attributes", "title_attributes")))}
     attrs = [rows[it.product_id][0] for it in items]
     named = [{k: a[k] for k in (*rows[it.product_id][1], "sub_category") if k in a} for it, a in zip(items, attrs)]
-    return lambda text, image: title_likelihood(named[text], attrs[image])
+    return KnownAttributes(attrs, named)
 
 
-def _renamed(result: dict, prefix: str) -> dict[str, float]:
-    """random-100 headline numbers of another scorer of the same groups, under ``prefix.*``."""
-    return {k.replace("random100.", f"{prefix}.", 1): v for k, v in flatten_metrics(result, None).items()
+def _misses(result: dict, prefix: str, items: list[EvalItem], known: KnownAttributes | None) -> dict[str, float]:
+    """Why random-100 queries miss Rank@1 (fashionbert.evaluation.misses), under ``prefix.*``; none for a
+    catalog that does not say what its titles name."""
+    return {} if known is None else {f"{prefix}.{k}": v for k, v in top1_misses(result, items, known).items()}
+
+
+def _miss_summary(metrics: dict[str, float], prefix: str, d: str) -> str:
+    """One line for people: where ``prefix``'s Rank@1 misses in direction ``d`` go."""
+    head = f"{prefix}.{d}.top1_miss."
+    m = {k[len(head):]: v for k, v in metrics.items() if k.startswith(head)}
+    detail = ", ".join(f"{k.split('.', 1)[1]} {v:.3f}" for k, v in sorted(m.items(), key=lambda kv: -kv[1])
+                       if k.startswith("mistake."))
+    return (f"eval: {d} Rank@1 misses, as shares of the queries: ties no reader could break {m['tie']:.3f}, "
+            f"another sub-category {m['other_sub_category']:.3f}, mistakes {m['mistake']:.3f}"
+            + (f" (by contradicted attribute: {detail})" if detail else ""))
+
+
+def _renamed(result: dict, prefix: str, items: list[EvalItem], known: KnownAttributes | None) -> dict[str, float]:
+    """random-100 headline numbers (and misses) of another scorer of the same groups, under ``prefix.*``."""
+    flat = {k.replace("random100.", f"{prefix}.", 1): v for k, v in flatten_metrics(result, None).items()
             if k.startswith("random100.")}
+    return flat | _misses(result, prefix, items, known)
 
 
 def evaluate(cfg: EvalConfig, echo: Callable[[str], None] = print) -> dict[str, float]:
@@ -102,13 +120,18 @@ def evaluate(cfg: EvalConfig, echo: Callable[[str], None] = print) -> dict[str, 
     r100 = random100(cross, 0.0) if cfg.random100 else None
     full = evaluate_full_catalog(model, items, feats) if cfg.full else None
     metrics = flatten_metrics(r100, full)
+    known = known_attributes(catalog, items) if cfg.random100 else None
+    if r100 is not None and known is not None:
+        metrics.update(_misses(r100, "random100", items, known))
+        for d in ("t2i", "i2t"):
+            echo(_miss_summary(metrics, "random100", d))
     products: dict[str, float] = {}
     if cfg.random100 and (cfg.random100_dual or cfg.random100_fused):
         summary = [f"{metrics['random100.sum_r']:.1f} (cross encoder)"]
         dual = MemoisedPairScorer(dual_encoder_pair_scorer(model, feats))
         dual_groups = random100(dual, 0.5)
         if cfg.random100_dual:
-            products.update(_renamed(dual_groups, "random100_dual"))
+            products.update(_renamed(dual_groups, "random100_dual", items, known))
             summary.append(f"{products['random100_dual.sum_r']:.1f} (dual encoder)")
         if cfg.random100_fused:
             scale = model.logit_scale
@@ -117,7 +140,7 @@ def evaluate(cfg: EvalConfig, echo: Callable[[str], None] = print) -> dict[str, 
                 return random100(lambda t, rows: fuse_stage_scores(cross(t, rows), 2.0 * dual(t, rows) - 1.0, scale,
                                                                    weight), 0.0)
 
-            products.update(_renamed(fused_with(cfg.dual_weight), "random100_fused"))
+            products.update(_renamed(fused_with(cfg.dual_weight), "random100_fused", items, known))
             products["random100_fused.dual_weight"] = cfg.dual_weight
             summary.append(f"{products['random100_fused.sum_r']:.1f} (the search's fused score, dual weight "
                            f"{cfg.dual_weight:g})")
@@ -131,9 +154,8 @@ def evaluate(cfg: EvalConfig, echo: Callable[[str], None] = print) -> dict[str, 
                      + f" (best {best:g}; cross encoder alone {metrics['random100.sum_r']:.1f})")
         echo("eval: random-100 SumR " + ", ".join(summary) + ", on the same groups")
     if cfg.random100 and cfg.ceiling:
-        likelihood = title_attribute_likelihood(catalog, items)
-        if likelihood is not None:
-            ceiling = random100_ceiling(items, likelihood, cfg.n_queries, cfg.n_candidates, cfg.seed)
+        if known is not None:
+            ceiling = random100_ceiling(items, known.likelihood, cfg.n_queries, cfg.n_candidates, cfg.seed)
             products.update({f"random100_ceiling.{d}.{k}": v for d in ("t2i", "i2t") for k, v in ceiling[d].items()})
             products["random100_ceiling.sum_r"] = ceiling["sum_r"]
             echo(f"eval: random-100 SumR ceiling {ceiling['sum_r']:.1f} (the Bayes-optimal ranker on the catalog's "

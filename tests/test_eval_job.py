@@ -57,3 +57,15 @@ def test_features_of_another_image_encoder_are_a_clear_error(eval_inputs, tmp_pa
                                  str(eval_inputs.catalog), "--features", str(tmp_path / "head")])
     assert r.exit_code == 1 and "Traceback" not in r.output, r.output
     assert "reads 432-d patch features (efficientnet_lite0_multiscale)" in r.output and "gives 1280-d" in r.output
+
+
+def test_every_scorer_reports_why_it_misses_rank_1(eval_inputs):
+    """The synthetic catalog says what each title names, so each scorer's Rank@1 misses are split into
+    ties, another sub-category and mistakes (fashionbert.evaluation.misses), adding up to 1 - R@1."""
+    lines: list[str] = []
+    metrics = evaluate(eval_inputs, echo=lines.append)
+    for prefix in ("random100", "random100_dual", "random100_fused"):
+        for d in ("t2i", "i2t"):
+            shares = [metrics[f"{prefix}.{d}.top1_miss.{c}"] for c in ("tie", "other_sub_category", "mistake")]
+            assert sum(shares) == pytest.approx(1.0 - metrics[f"{prefix}.{d}.r1"])
+    assert any(line.startswith("eval: t2i Rank@1 misses") for line in lines)

@@ -409,15 +409,15 @@ def test_ceiling_of_a_catalog_of_indistinguishable_pairs() -> None:
 def test_the_ceiling_needs_a_catalog_that_says_what_titles_name(make_catalog) -> None:
     """A real catalog (no title_attributes) gets no ceiling; a synthetic-style one gets the exact likelihood."""
     from indexer.catalog import read_catalog
-    from pipelines.evaluate import title_attribute_likelihood
+    from pipelines.evaluate import known_attributes
 
     rows = [{"attributes": [("colour", c), ("pattern", "solid"), ("sub_category", "shirt"), ("category", "tops")]}
             for c in ("red", "blue")]
     items = [EvalItem(f"p{i:03d}", "shirt", f"t{i}", i) for i in range(2)]
     plain = read_catalog(make_catalog(rows, name="real.parquet"), check_images="none")
-    assert title_attribute_likelihood(plain, items) is None
+    assert known_attributes(plain, items) is None
     named = [{**r, "title_attributes": ["colour"]} for r in rows]
-    likelihood = title_attribute_likelihood(read_catalog(make_catalog(named), check_images="none"), items)
+    likelihood = known_attributes(read_catalog(make_catalog(named), check_images="none"), items).likelihood
     assert likelihood(0, 1) == 0.0  # "red" does not describe the blue shirt
     # "red shirt" of a red solid shirt: solid left implicit (0.6), or named and then the one left out (0.4 x 0.3)
     assert likelihood(0, 0) == pytest.approx(0.6 + 0.4 * 0.3)

@@ -285,7 +285,7 @@ def evaluate_random100(
     Returns plain Python types (JSON-ready)::
 
         {"protocol": "random100", "t2i": {"r1", "r5", "r10", "top1_other_sub_category", "n_groups", "n_topped_up",
-         "ranks", "group_sizes"}, "i2t": {...}, "sum_r", "tia_accuracy", "tia_pairs",
+         "ranks", "group_sizes", "queries", "top_negatives"}, "i2t": {...}, "sum_r", "tia_accuracy", "tia_pairs",
          "n_groups", "n_topped_up", "chance_sum_r", "warnings", ...}
 
     ``sum_r`` = 100 x (sum of the six Rank@K), 0-600; chance is 3200/101 = 31.68
@@ -336,12 +336,14 @@ def evaluate_random100(
     for d in DIRECTIONS:
         ranks: list[int] = []
         sizes: list[int] = []
+        top_negatives: list[int] = []
         other_sub_top = 0
         for g in groups[d]:
             s = scores[offset : offset + len(g.candidates)]
             offset += len(g.candidates)
             ranks.append(pessimistic_rank(s, g.positive))
             sizes.append(len(g.candidates))
+            top_negatives.append(_top_negative(s, g))
             other_sub_top += _top_is_other_sub_category(s, g, items)
             if d == "t2i":
                 tia_correct += int(s[g.positive] > tia_threshold)
@@ -358,6 +360,8 @@ def evaluate_random100(
             n_topped_up=sum(g.topped_up for g in groups[d]),
             ranks=ranks,
             group_sizes=sizes,
+            queries=[g.query for g in groups[d]],
+            top_negatives=top_negatives,
         )
         result[d] = block
         if sizes:
@@ -370,6 +374,19 @@ def evaluate_random100(
     result["n_topped_up"] = sum(result[d]["n_topped_up"] for d in DIRECTIONS)
     result["warnings"] = sorted({g.warning for d in DIRECTIONS for g in groups[d] if g.warning})
     return result
+
+
+def _top_negative(scores: np.ndarray, group: Group) -> int:
+    """The item index of the group's best-scored negative (-1 for a group without one).
+
+    Kept per query so that a miss can be explained afterwards (fashionbert.evaluation.misses):
+    the negative that outranks or ties the positive is the one that costs Rank@1.
+    """
+    if len(group.candidates) < 2:
+        return -1
+    s = np.nan_to_num(np.asarray(scores, dtype=np.float64), nan=-np.inf).copy()
+    s[group.positive] = -np.inf
+    return int(group.candidates[int(np.argmax(s))])
 
 
 def _top_is_other_sub_category(scores: np.ndarray, group: Group, items: Sequence[EvalItem]) -> bool:
