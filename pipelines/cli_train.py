@@ -31,6 +31,8 @@ def pretrain(
     weighting_every: Annotated[int, typer.Option(min=1, help="adaptive-grad: re-solve the weights every N steps (1: every step, the paper's exact method).")] = 10,
     tasks: Annotated[str, typer.Option(help="Comma-separated subset of mlm,mpm,tia,itc.")] = "mlm,mpm,tia,itc",
     clean_fraction: Annotated[float, typer.Option(min=0.0, max=1.0, help="Rows kept unmasked for TIA (0: FashionBERT's single corrupted pass).")] = 0.0,
+    tia_clean_only: Annotated[bool, typer.Option("--tia-clean-only/--tia-every-row", help="With --clean-fraction > 0: TIA "
+                                                 "scores the clean rows only, or every row (clean and corrupted alike).")] = True,
     tia_negatives: Annotated[str, typer.Option(help="sub-category (a random image of the same sub-category) | "
                                                     "itc-hard (drawn by ITC similarity, ALBEF).")] = "sub-category",
     tia_hard_share: Annotated[float, typer.Option(min=0.0, max=1.0, help="With --tia-negatives itc-hard: the share of "
@@ -79,7 +81,7 @@ def pretrain(
         batch_size=batch_size, grad_accum=grad_accum, lr=lr, warmup_steps=warmup_steps, loss_weighting=loss_weighting,
         weighting_every=weighting_every,
         tasks=tuple(t.strip() for t in tasks.split(",") if t.strip()), tokenizer=tokenizer, bert_init=bert_init,
-        clean_fraction=clean_fraction, tia_negatives=tia_negatives, tia_hard_share=tia_hard_share,
+        clean_fraction=clean_fraction, tia_clean_only=tia_clean_only, tia_negatives=tia_negatives, tia_hard_share=tia_hard_share,
         attribute_twins=attribute_twins, group_size=group_size, tia_grid=tia_grid, main_view_share=main_view_share,
         view_contrast_share=view_contrast_share,
         seed=seed, device=device, save_every=save_every,

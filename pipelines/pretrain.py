@@ -104,6 +104,7 @@ class PretrainConfig:
     # of the pair rows' negatives: another sub-category's image (a --tia-grid group's negatives are its own)
     tia_other_sub_share: float = DEFAULT_TIA_OTHER_SUB_SHARE
     clean_fraction: float = 0.0  # rows left unmasked for TIA; 0 = FashionBERT's single corrupted pass
+    tia_clean_only: bool = True  # with clean_fraction > 0: TIA scores the clean rows only (False: every row)
     tia_negatives: str = "sub-category"  # or "itc-hard": negatives drawn by ITC similarity (ALBEF)
     tia_hard_share: float = 1.0  # itc-hard: share of the negative rows re-drawn; the rest keep a random one
     attribute_twins: bool = False  # products with the same catalog attributes are not each other's negatives
@@ -387,6 +388,7 @@ def pretrain(cfg: PretrainConfig, echo: Callable[[str], None] = print, progress:
         corpus, masker, max_text_length=model.config.max_text_length, num_patches=model.config.num_patches,
         mpm_probability=cfg.mpm_probability, tia_negative_fraction=cfg.tia_negative_fraction,
         query_probability=cfg.query_probability, clean_fraction=cfg.clean_fraction, tia_grid=cfg.tia_grid,
+        tia_clean_only=cfg.tia_clean_only,
         seed=cfg.seed, main_view_share=cfg.main_view_share, view_contrast_share=cfg.view_contrast_share,
         attribute_twins=cfg.attribute_twins, tia_other_sub_share=cfg.tia_other_sub_share,
     )

@@ -171,6 +171,28 @@ def test_corruption_does_not_give_the_tia_label_away(data, corpus):
     assert collate(list(range(16)), step=0)["tia_rows"].all()
 
 
+def test_tia_can_score_clean_and_corrupted_rows_without_leaking_the_label(data, corpus):
+    """--tia-every-row: TIA scores every row, a share of them with the whole title; whether a row is
+    clean must not depend on its TIA label, or "no [MASK]" would tell TIA the answer."""
+    collate = make_collator(data, corpus, clean_fraction=0.5, tia_clean_only=False)
+    clean_share = {0: [], 1: []}
+    for step in range(40):
+        batch = collate(list(range(16)), step=step)
+        assert batch["tia_rows"].all()
+        clean = ~batch["zeroed_patches"].any(1)
+        assert torch.equal(batch["input_ids"][clean], batch["text_input_ids"][clean])  # the whole title
+        assert (batch["mlm_labels"][clean] == IGNORE_INDEX).all()  # MLM reads the corrupted rows only
+        for label, is_clean in zip(batch["tia_labels"].tolist(), clean.tolist()):
+            clean_share[label].append(is_clean)
+    assert len(clean_share[0]) > 100 and len(clean_share[1]) > 100
+    assert abs(np.mean(clean_share[0]) - 0.5) < 0.1 and abs(np.mean(clean_share[1]) - 0.5) < 0.1
+    # the same draws as with TIA on the clean rows only: only which rows TIA scores differs
+    only_clean = make_collator(data, corpus, clean_fraction=0.5)(list(range(16)), step=3)
+    every_row = collate(list(range(16)), step=3)
+    assert all(torch.equal(only_clean[k], every_row[k]) for k in every_row if k != "tia_rows")
+    assert torch.equal(only_clean["tia_rows"], ~every_row["zeroed_patches"].any(1))
+
+
 def test_tia_negatives_come_from_the_same_sub_category(data, corpus):
     collate = make_collator(data, corpus, tia_negative_fraction=1.0, tia_other_sub_share=0.0)
     indices = SubCategoryBatchSampler([r.sub_category for r in corpus.records], 16, 4, seed=0).batch(2)

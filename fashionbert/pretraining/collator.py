@@ -9,7 +9,10 @@ pass (MLM, MPM, TIA) is laid out in one of two ways:
   0). Rows are split at random into clean ones (scored by TIA) and corrupted
   ones: whole-word-masked text (MLM) and ~10 % zeroed patches (MPM), scored on
   matched rows. ``clean_fraction=0`` (the default) is the original single
-  corrupted pass with TIA on every row.
+  corrupted pass with TIA on every row. With ``clean_fraction`` > 0, TIA scores
+  the clean rows only (``tia_clean_only``, the default) or every row
+  (``tia_clean_only=False``): then a share of TIA's rows read the whole title,
+  as the evaluation and the search do, while MLM and MPM keep the others.
 * ``grid`` (``tia_grid=G``): groups of G records of one sub-category, every
   text of a group against every image of it - G x G joint rows, the diagonal
   matched. TIA then gets a ranking signal in both directions (each text
@@ -58,6 +61,7 @@ class PretrainCollator:
         tia_negative_fraction: float = 0.5,
         query_probability: float = 0.3,
         clean_fraction: float = 0.0,
+        tia_clean_only: bool = True,
         tia_grid: int = 0,
         seed: int = 0,
         main_view_share: float = 1.0,
@@ -89,6 +93,7 @@ class PretrainCollator:
         if tia_grid and clean_fraction:
             raise ValueError("tia_grid ranks corrupted rows (FashionBERT's single pass): it needs clean_fraction=0")
         self.clean_fraction = clean_fraction
+        self.tia_clean_only = tia_clean_only
         self.tia_grid = tia_grid
         self.seed = seed
         # Catalog attribute twins (same sub-category, same non-empty ``attributes``) are nobody's negative.
@@ -249,9 +254,9 @@ class PretrainCollator:
                 image_rows[i] = others[int(rng.integers(len(others)))]
                 tia[i] = 0
 
-        # Clean rows (TIA only) are drawn independently of the TIA label: TIA on corrupted rows would
-        # learn from texts whose telling word ("red") is [MASK]ed away, and corrupting only matched
-        # rows would leak the label (no [MASK] => negative).
+        # Clean rows are drawn independently of the TIA label: TIA on corrupted rows learns from texts
+        # whose telling word ("red") is [MASK]ed away, and corrupting only matched rows would leak the
+        # label (no [MASK] => negative). Independent of the label, TIA may score both kinds of row.
         clean = rng.random(n) < self.clean_fraction
         masked, labels = [], []
         for (tok_ids, word_ids), matched, is_clean in zip(encoded, tia, clean):
@@ -266,7 +271,8 @@ class PretrainCollator:
         zeroed = self._zeroed(n, np.flatnonzero(~clean), rng)
         patches[zeroed] = 0.0
         joint = self._joint_tensors(masked, labels, segments, patches, feats[image_rows], zeroed, tia)
-        joint["tia_rows"] = torch.from_numpy(clean if self.clean_fraction > 0 else np.ones(n, dtype=bool))
+        scored_by_tia = clean if self.clean_fraction > 0 and self.tia_clean_only else np.ones(n, dtype=bool)
+        joint["tia_rows"] = torch.from_numpy(scored_by_tia)
         joint["tia_other_sub_rows"] = torch.from_numpy(other_sub)  # ITC mining keeps these rows' product-type lesson
         return joint
 
