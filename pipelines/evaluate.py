@@ -121,11 +121,11 @@ def evaluate(cfg: EvalConfig, echo: Callable[[str], None] = print) -> dict[str, 
     full = evaluate_full_catalog(model, items, feats) if cfg.full else None
     metrics = flatten_metrics(r100, full)
     known = known_attributes(catalog, items) if cfg.random100 else None
+    products: dict[str, float] = {}  # flat figures beyond r100 and full; the JSON report holds them too
     if r100 is not None and known is not None:
-        metrics.update(_misses(r100, "random100", items, known))
+        products.update(_misses(r100, "random100", items, known))
         for d in ("t2i", "i2t"):
-            echo(_miss_summary(metrics, "random100", d))
-    products: dict[str, float] = {}
+            echo(_miss_summary(products, "random100", d))
     if cfg.random100 and (cfg.random100_dual or cfg.random100_fused):
         summary = [f"{metrics['random100.sum_r']:.1f} (cross encoder)"]
         dual = MemoisedPairScorer(dual_encoder_pair_scorer(model, feats))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -59,13 +60,17 @@ def test_features_of_another_image_encoder_are_a_clear_error(eval_inputs, tmp_pa
     assert "reads 432-d patch features (efficientnet_lite0_multiscale)" in r.output and "gives 1280-d" in r.output
 
 
-def test_every_scorer_reports_why_it_misses_rank_1(eval_inputs):
+def test_every_scorer_reports_why_it_misses_rank_1(eval_inputs, tmp_path):
     """The synthetic catalog says what each title names, so each scorer's Rank@1 misses are split into
-    ties, another sub-category and mistakes (fashionbert.evaluation.misses), adding up to 1 - R@1."""
+    ties, another sub-category and mistakes (fashionbert.evaluation.misses), adding up to 1 - R@1;
+    the JSON report holds every one of them (the cross encoder's were once printed but not written)."""
     lines: list[str] = []
-    metrics = evaluate(eval_inputs, echo=lines.append)
+    metrics = evaluate(replace(eval_inputs, json_out=tmp_path / "eval.json"), echo=lines.append)
+    written = json.loads((tmp_path / "eval.json").read_text())["metrics"]
     for prefix in ("random100", "random100_dual", "random100_fused"):
         for d in ("t2i", "i2t"):
             shares = [metrics[f"{prefix}.{d}.top1_miss.{c}"] for c in ("tie", "other_sub_category", "mistake")]
             assert sum(shares) == pytest.approx(1.0 - metrics[f"{prefix}.{d}.r1"])
+            assert [written[f"{prefix}.{d}.top1_miss.{c}"] for c in ("tie", "other_sub_category", "mistake")] \
+                == pytest.approx(shares)
     assert any(line.startswith("eval: t2i Rank@1 misses") for line in lines)
