@@ -39,7 +39,7 @@ def pretrain(
                                                                          "negative rows mined; the rest keep a random one.")] = 1.0,
     tia_other_sub_share: Annotated[float | None, typer.Option(
         min=0.0, max=1.0, help="Share of TIA's negative rows whose image comes from another sub-category (the rest: the "
-                               "text's own), so the cross encoder also checks the product type. Default 0.3; 0 is "
+                               "text's own), so the cross encoder also checks the product type. Default 0.5; 0 is "
                                "FashionBERT's same-sub-category negatives only.")] = None,
     attribute_twins: Annotated[bool, typer.Option(help="Products of one sub-category with the same catalog `attributes` "
                                                       "are not each other's negatives (TIA pairs, ITC, mining; not with --tia-grid).")] = False,

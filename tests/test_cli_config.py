@@ -211,7 +211,7 @@ def test_pretrain_config_is_a_model_size_or_a_job_file(pretrain_data, tmp_path):
     assert effective["model"] == "tiny" and "config" not in effective and effective["batch-size"] == 4
     training = json.loads((run / "training_config.json").read_text())["training"]
     assert training["main_view_share"] == 1.0 and training["view_contrast_share"] == 0.5  # the flags reach the job
-    assert training["tia_other_sub_share"] == DEFAULT_TIA_OTHER_SUB_SHARE == 0.3  # no flag: the job's default
+    assert training["tia_other_sub_share"] == DEFAULT_TIA_OTHER_SUB_SHARE == 0.5  # no flag: the job's default
 
     # a job file with `model: tiny` and the same settings is the same run: it resumes the finished state
     job = tmp_path / "job.yaml"
