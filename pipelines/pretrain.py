@@ -137,6 +137,8 @@ class PretrainConfig:
         d = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
         for k in ("max_minutes", "device", "save_every", "log_every", "steps", "stop_at_step"):
             d.pop(k)
+        if not self.clean_fraction:  # no clean rows: TIA scores every row either way, and a state saved
+            d.pop("tia_clean_only")  # before the setting existed still resumes
         return d
 
 

@@ -193,6 +193,16 @@ def test_tia_can_score_clean_and_corrupted_rows_without_leaking_the_label(data, 
     assert torch.equal(only_clean["tia_rows"], ~every_row["zeroed_patches"].any(1))
 
 
+def test_the_tia_row_choice_binds_a_resume_only_when_there_are_clean_rows(tmp_path):
+    """Without clean rows the choice changes no step, so it must not stop a run saved before it existed."""
+    cfg = PretrainConfig(tmp_path / "c.parquet", tmp_path / "feat", tmp_path / "out")
+    assert "tia_clean_only" not in cfg.fingerprint()
+    assert cfg.fingerprint() == replace(cfg, tia_clean_only=False).fingerprint()
+    with_clean = replace(cfg, clean_fraction=0.5)
+    assert with_clean.fingerprint()["tia_clean_only"] is True
+    assert with_clean.fingerprint() != replace(with_clean, tia_clean_only=False).fingerprint()
+
+
 def test_tia_negatives_come_from_the_same_sub_category(data, corpus):
     collate = make_collator(data, corpus, tia_negative_fraction=1.0, tia_other_sub_share=0.0)
     indices = SubCategoryBatchSampler([r.sub_category for r in corpus.records], 16, 4, seed=0).batch(2)
