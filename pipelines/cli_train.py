@@ -41,6 +41,10 @@ def pretrain(
         min=0.0, max=1.0, help="Share of TIA's negative rows whose image comes from another sub-category (the rest: the "
                                "text's own), so the cross encoder also checks the product type. Default 0.5; 0 is "
                                "FashionBERT's same-sub-category negatives only.")] = None,
+    tia_pair_ranking: Annotated[str, typer.Option(help="Rank each TIA negative below the matched row it shares a side with: "
+                                                      "off | image (negatives showing a matched row's picture) | both "
+                                                      "(every negative shares a matched row's picture or text). Not with "
+                                                      "--tia-grid or itc-hard.")] = "off",
     attribute_twins: Annotated[bool, typer.Option(help="Products of one sub-category with the same catalog `attributes` "
                                                       "are not each other's negatives (TIA pairs, ITC, mining; not with --tia-grid).")] = False,
     group_size: Annotated[int, typer.Option(min=1, help="Batches are runs of this many same-sub-category products: "
@@ -82,7 +86,7 @@ def pretrain(
         weighting_every=weighting_every,
         tasks=tuple(t.strip() for t in tasks.split(",") if t.strip()), tokenizer=tokenizer, bert_init=bert_init,
         clean_fraction=clean_fraction, tia_clean_only=tia_clean_only, tia_negatives=tia_negatives, tia_hard_share=tia_hard_share,
-        attribute_twins=attribute_twins, group_size=group_size, tia_grid=tia_grid, main_view_share=main_view_share,
+        tia_pair_ranking=tia_pair_ranking, attribute_twins=attribute_twins, group_size=group_size, tia_grid=tia_grid, main_view_share=main_view_share,
         view_contrast_share=view_contrast_share,
         seed=seed, device=device, save_every=save_every,
     )

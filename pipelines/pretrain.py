@@ -72,6 +72,9 @@ LOG_FILE = "train_log.csv"
 DEFAULT_VIEW_CONTRAST_SHARE = 0.25
 
 
+TIA_PAIR_RANKINGS = ("off", "image", "both")
+
+
 @dataclass
 class PretrainConfig:
     catalog: Path
@@ -107,6 +110,10 @@ class PretrainConfig:
     tia_clean_only: bool = True  # with clean_fraction > 0: TIA scores the clean rows only (False: every row)
     tia_negatives: str = "sub-category"  # or "itc-hard": negatives drawn by ITC similarity (ALBEF)
     tia_hard_share: float = 1.0  # itc-hard: share of the negative rows re-drawn; the rest keep a random one
+    # rank each TIA negative below the matched row it shares a side with: "off"; "image" (today's negatives,
+    # those that show a matched row's picture); "both" (every negative partners a matched row, half by its
+    # picture, half by its text: PretrainCollator(tia_partnered=True))
+    tia_pair_ranking: str = "off"
     attribute_twins: bool = False  # products with the same catalog attributes are not each other's negatives
     tia_grid: int = 0  # G >= 2: TIA ranks each text against G same-sub-category images and back (collator's grid)
     main_view_share: float = 1.0  # rows showing the listing's main photo; the rest draw any view (docs/design.md item 49)
@@ -139,6 +146,8 @@ class PretrainConfig:
             d.pop(k)
         if not self.clean_fraction:  # no clean rows: TIA scores every row either way, and a state saved
             d.pop("tia_clean_only")  # before the setting existed still resumes
+        if self.tia_pair_ranking == "off":  # changes no step: a state saved before the option existed resumes
+            d.pop("tia_pair_ranking")
         return d
 
 
@@ -382,7 +391,11 @@ def pretrain(cfg: PretrainConfig, echo: Callable[[str], None] = print, progress:
         raise ValueError("--tia-hard-share is the share of ITC-mined negatives: it needs --tia-negatives itc-hard")
     if cfg.view_contrast_share and "itc" not in cfg.tasks:
         raise ValueError("--view-contrast-share contrasts image-only encodings beside ITC's: keep the itc task on")
-    task = PretrainingTask(model, cfg.tasks, cfg.tia_negatives, cfg.tia_hard_share)
+    if cfg.tia_pair_ranking not in TIA_PAIR_RANKINGS:
+        raise ValueError(f"--tia-pair-ranking must be one of {TIA_PAIR_RANKINGS}, got {cfg.tia_pair_ranking!r}")
+    if cfg.tia_grid and cfg.tia_pair_ranking != "off":
+        raise ValueError("--tia-grid already ranks every text and image of its groups; drop --tia-pair-ranking")
+    task = PretrainingTask(model, cfg.tasks, cfg.tia_negatives, cfg.tia_hard_share, cfg.tia_pair_ranking != "off")
     weighting = build_loss_weighting(
         cfg.loss_weighting, **({"every": cfg.weighting_every * cfg.grad_accum} if cfg.loss_weighting == "adaptive-grad" else {}))
     masker = WholeWordMasker(tokenizer, user_words=cfg.user_words, seed=cfg.seed)
@@ -393,6 +406,7 @@ def pretrain(cfg: PretrainConfig, echo: Callable[[str], None] = print, progress:
         tia_clean_only=cfg.tia_clean_only,
         seed=cfg.seed, main_view_share=cfg.main_view_share, view_contrast_share=cfg.view_contrast_share,
         attribute_twins=cfg.attribute_twins, tia_other_sub_share=cfg.tia_other_sub_share,
+        tia_partnered=cfg.tia_pair_ranking == "both",
     )
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embeddings" not in n]
     no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embeddings" not in n)]

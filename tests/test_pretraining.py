@@ -347,6 +347,74 @@ def test_grid_tia_loss_ranks_by_the_match_log_odds():
     assert wrong_stats["tia_rank_acc"] == 0.5 and right < 0.2 < wrong
 
 
+def test_pair_ranking_ranks_each_negative_below_its_matched_partner():
+    """Known answer. Rows 0 and 1 are matched; row 2 shares a side with row 0, row 3 with row 1; row 4
+    has no partner and row 5's partner (row 4) is itself a negative. Only rows 2 and 3 are compared."""
+    batch = {"tia_labels": torch.tensor([1, 1, 0, 0, 0, 0]), "tia_partner": torch.tensor([-1, -1, 0, 1, -1, 4])}
+    rows = torch.ones(6, dtype=torch.bool)
+
+    def loss(scores: list[float], rows: torch.Tensor = rows) -> tuple[float, dict[str, float]]:
+        stats: dict[str, float] = {}
+        logits = torch.stack([torch.zeros(int(rows.sum())), torch.tensor(scores)], 1)
+        return float(PretrainingTask._pair_ranking(logits, batch, rows, stats)), stats
+
+    right, right_stats = loss([3.0, 3.0, -3.0, -3.0, 9.0, 9.0])  # rows 4 and 5 score high but are in no pair
+    wrong, wrong_stats = loss([3.0, -3.0, -3.0, 3.0, -9.0, -9.0])  # row 3 beats its partner, row 1
+    assert right_stats["tia_pair_rank_acc"] == 1.0 and wrong_stats["tia_pair_rank_acc"] == 0.5
+    assert right == pytest.approx(float(torch.nn.functional.softplus(torch.tensor(-6.0))))
+    assert wrong > 3.0
+    # Only TIA's rows take part: without row 0, row 2 has no matched partner to be compared with.
+    fewer = torch.tensor([False, True, True, True, True, True])
+    _, fewer_stats = loss([3.0, -3.0, 3.0, 9.0, 9.0], fewer)
+    assert fewer_stats["tia_pair_rank_acc"] == 0.0
+    none, none_stats = loss([1.0, 1.0, 1.0, 1.0], torch.tensor([False, False, True, True, True, True]))
+    assert none == 0.0 and "tia_pair_rank_acc" not in none_stats
+
+
+def test_pair_ranking_on_todays_negatives_pairs_those_showing_a_matched_rows_picture(data, corpus):
+    torch.manual_seed(0)
+    model = FashionBertModel(named_config("tiny", data["tokenizer"], corpus.features.feature_dim, **TINY))
+    batch = make_collator(data, corpus, tia_other_sub_share=0.0)(list(range(16)), step=0)
+    labels, partner = batch["tia_labels"], batch["tia_partner"]
+    paired = torch.nonzero(partner >= 0).squeeze(1)
+    assert len(paired) and (labels[paired] == 0).all() and (labels[partner[paired]] == 1).all()
+    # the partner shows the same product's picture (up to each row's own zeroed patches)
+    kept = ~batch["zeroed_patches"][paired] & ~batch["zeroed_patches"][partner[paired]]
+    same = (batch["patch_features"][paired] == batch["patch_features"][partner[paired]]).all(-1)
+    assert same[kept].all()
+    plain, _ = PretrainingTask(model, ["tia"])(batch)
+    ranked, stats = PretrainingTask(model, ["tia"], tia_pair_ranking=True)(batch)
+    assert "tia_pair_rank_acc" in stats and float(ranked["tia"]) > float(plain["tia"])
+    with pytest.raises(ValueError, match="itc-hard"):
+        PretrainingTask(model, tia_negatives="itc-hard", tia_pair_ranking=True)
+
+
+def test_partnered_negatives_share_a_matched_rows_very_text_or_picture(data, corpus):
+    collate = make_collator(data, corpus, tia_partnered=True, tia_other_sub_share=0.0)
+    sides = {"text": 0, "picture": 0}
+    for step in range(4):
+        batch = collate(list(range(16)), step=step)
+        labels, partner = batch["tia_labels"], batch["tia_partner"]
+        assert ((partner >= 0) == (labels == 0)).all()  # every negative has a matched partner
+        for row in torch.nonzero(labels == 0).squeeze(1).tolist():
+            p = int(partner[row])
+            assert labels[p] == 1
+            same_text = torch.equal(batch["input_ids"][row], batch["input_ids"][p])
+            same_picture = torch.equal(batch["patch_features"][row], batch["patch_features"][p])
+            assert same_text != same_picture  # exactly one side shared, [MASK]s and zeroed patches included
+            sides["text" if same_text else "picture"] += 1
+            assert (batch["mlm_labels"][row] == IGNORE_INDEX).all() and not batch["mpm_mask"][row].any()
+    assert sides["text"] > 0 and sides["picture"] > 0
+    with pytest.raises(ValueError, match="tia_partnered"):
+        make_collator(data, corpus, tia_partnered=True, clean_fraction=0.5)
+
+
+def test_the_pair_ranking_binds_a_resume_only_when_on(tmp_path):
+    cfg = PretrainConfig(tmp_path / "c.parquet", tmp_path / "feat", tmp_path / "out")
+    assert "tia_pair_ranking" not in cfg.fingerprint()
+    assert replace(cfg, tia_pair_ranking="both").fingerprint()["tia_pair_ranking"] == "both"
+
+
 def test_task_returns_named_losses_and_each_can_be_switched_off(data, corpus):
     torch.manual_seed(0)
     model = FashionBertModel(named_config("tiny", data["tokenizer"], corpus.features.feature_dim, **TINY))
@@ -490,8 +558,9 @@ def test_pretrain_writes_a_loadable_checkpoint_log_and_plot(data, tmp_path):
     assert training["main_view_share"] == 1.0 and training["view_contrast_share"] == 0.25  # the record says what ran
 
 
-@pytest.mark.parametrize("negatives", [{"tia_negatives": "sub-category"}, {"tia_negatives": "itc-hard"}, {"tia_grid": 2}],
-                         ids=["sub-category", "itc-hard", "grid"])
+@pytest.mark.parametrize("negatives", [{"tia_negatives": "sub-category"}, {"tia_negatives": "itc-hard"}, {"tia_grid": 2},
+                                       {"tia_pair_ranking": "both"}],
+                         ids=["sub-category", "itc-hard", "grid", "pair-ranking"])
 def test_resume_after_interruption_is_an_identical_continuation(data, tmp_path, negatives):
     pretrain(_cfg(data, tmp_path / "straight", **negatives), echo=lambda s: None, progress=False)
     stopped = pretrain(_cfg(data, tmp_path / "resumed", stop_at_step=3, **negatives), echo=lambda s: None,

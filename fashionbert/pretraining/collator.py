@@ -69,6 +69,7 @@ class PretrainCollator:
         view_contrast_share: float = 0.0,
         attribute_twins: bool = False,
         tia_other_sub_share: float = DEFAULT_TIA_OTHER_SUB_SHARE,
+        tia_partnered: bool = False,
     ):
         self.corpus = corpus
         self.masker = masker
@@ -93,6 +94,9 @@ class PretrainCollator:
             raise ValueError(f"tia_grid must be 0 (pairs) or a group size >= 2, got {tia_grid}")
         if tia_grid and clean_fraction:
             raise ValueError("tia_grid ranks corrupted rows (FashionBERT's single pass): it needs clean_fraction=0")
+        if tia_partnered and (tia_grid or clean_fraction):
+            raise ValueError("tia_partnered lays out pair rows of one corrupted pass: it needs tia_grid=0, clean_fraction=0")
+        self.tia_partnered = tia_partnered
         self.clean_fraction = clean_fraction
         self.tia_clean_only = tia_clean_only
         self.tia_grid = tia_grid
@@ -160,6 +164,8 @@ class PretrainCollator:
         encoded = [self._encode(t) for t in texts]
         if self.tia_grid:
             joint = self._grid_rows(records, encoded, segments, feats, rng)
+        elif self.tia_partnered:
+            joint = self._partnered_rows(records, encoded, segments, feats, rng)
         else:
             joint = self._pair_rows(records, encoded, segments, feats, rng)
 
@@ -275,6 +281,56 @@ class PretrainCollator:
         scored_by_tia = clean if self.clean_fraction > 0 and self.tia_clean_only else np.ones(n, dtype=bool)
         joint["tia_rows"] = torch.from_numpy(scored_by_tia)
         joint["tia_other_sub_rows"] = torch.from_numpy(other_sub)  # ITC mining keeps these rows' product-type lesson
+        # a negative row showing a matched row's picture: the pair the task's ranking compares (-1: none)
+        partner = np.where((tia == 0) & (tia[image_rows] == 1), image_rows, -1)
+        joint["tia_partner"] = torch.from_numpy(partner)
+        return joint
+
+    def _partnered_rows(self, records: list[PretrainRecord], encoded, segments: list[int], feats: np.ndarray,
+                        rng: np.random.Generator) -> dict[str, torch.Tensor]:
+        """Pair rows whose every negative shares a picture or a text with a matched row (its partner).
+
+        As in ``_pair_rows`` a share of the rows are negatives, their partner drawn from the
+        matched rows of the same sub-category (another one for ``tia_other_sub_share`` of
+        them); then half show the partner's picture with their own text (the task ranks the
+        two texts for that picture: image->text) and half the partner's text with their own
+        picture (two pictures for that text: text->image). The shared side is the partner's
+        very tokens or patches, [MASK]s and zeroed patches included, so the two rows differ
+        only by what is ranked (as in the grid). Unlike the grid every record still brings
+        its own text or picture, so a step reads as many products as before.
+        """
+        n = len(records)
+        negative = rng.random(n) < self.tia_negative_fraction
+        matched = np.flatnonzero(~negative)
+        text_of, image_of, partner = np.arange(n), np.arange(n), np.full(n, -1)
+        other_sub = np.zeros(n, dtype=bool)
+        for i in np.flatnonzero(negative):
+            distinct = [int(j) for j in matched
+                        if records[j].key != records[i].key and not self._twins(records[i], records[j])]
+            same_sub = [j for j in distinct if records[j].sub_category == records[i].sub_category]
+            if self.tia_other_sub_share > 0 and rng.random() < self.tia_other_sub_share:
+                outside = [j for j in distinct if records[j].sub_category != records[i].sub_category]
+                others, other_sub[i] = outside or same_sub, bool(outside)
+            else:
+                others = same_sub or distinct
+            if others:
+                partner[i] = others[int(rng.integers(len(others)))]
+                if rng.random() < 0.5:
+                    image_of[i] = partner[i]
+                else:
+                    text_of[i] = partner[i]
+        tia = (partner < 0).astype(np.int64)
+        own_masks = {int(r): self.masker.mask_encoded(*encoded[r], rng) for r in np.unique(text_of)}
+        masked = [own_masks[int(text_of[r])][0] for r in range(n)]
+        labels = [own_masks[r][1] if tia[r] else [IGNORE_INDEX] * len(own_masks[int(text_of[r])][1]) for r in range(n)]
+        zeroed = self._zeroed(n, np.arange(n), rng)[image_of]
+        patches = feats[image_of].copy()
+        patches[zeroed] = 0.0
+        joint = self._joint_tensors(masked, labels, [segments[int(t)] for t in text_of], patches, feats[image_of],
+                                    zeroed, tia)
+        joint["tia_rows"] = torch.ones(n, dtype=torch.bool)
+        joint["tia_other_sub_rows"] = torch.from_numpy(other_sub)
+        joint["tia_partner"] = torch.from_numpy(partner)
         return joint
 
     def grid_groups(self, records: Sequence[PretrainRecord]) -> list[list[int]]:

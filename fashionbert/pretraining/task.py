@@ -48,7 +48,7 @@ TIA_NEGATIVES = ("sub-category", "itc-hard")
 
 class PretrainingTask(nn.Module):
     def __init__(self, model: FashionBertModel, tasks: Iterable[str] = TASKS, tia_negatives: str = "sub-category",
-                 tia_hard_share: float = 1.0):
+                 tia_hard_share: float = 1.0, tia_pair_ranking: bool = False):
         super().__init__()
         self.model = model
         self.tasks = tuple(tasks)
@@ -61,8 +61,11 @@ class PretrainingTask(nn.Module):
             raise ValueError("tia_negatives='itc-hard' mines with the ITC encodings: keep the itc task on")
         if not 0.0 <= tia_hard_share <= 1.0:
             raise ValueError(f"tia_hard_share must be in [0, 1], got {tia_hard_share}")
+        if tia_pair_ranking and tia_negatives == "itc-hard":
+            raise ValueError("tia_pair_ranking pairs rows by the collator's pictures, which itc-hard re-draws")
         self.tia_negatives = tia_negatives
         self.tia_hard_share = tia_hard_share
+        self.tia_pair_ranking = tia_pair_ranking
 
     def shared_parameters(self) -> list[nn.Parameter]:
         """The trunk's last layer: where adaptive-grad weighting measures per-task gradient norms."""
@@ -108,6 +111,8 @@ class PretrainingTask(nn.Module):
                 labels = batch["tia_labels"][rows]
                 losses["tia"] = F.cross_entropy(logits, labels)
                 stats["tia_acc"] = float((logits.argmax(-1) == labels).float().mean())
+                if self.tia_pair_ranking:
+                    losses["tia"] = losses["tia"] + self._pair_ranking(logits, batch, rows, stats)
         if single is not None:
             losses["itc"], stats["itc_acc"] = self._itc(batch, *single)
             if len(batch.get("view_rows", ())):
@@ -132,6 +137,36 @@ class PretrainingTask(nn.Module):
         stats["tia_acc"] = float((logits.argmax(-1) == labels).float().mean())
         stats["tia_rank_acc"] = float((by_text.argmax(-1) == target).float().mean())
         return ranking + F.cross_entropy(logits, labels, weight=balance)
+
+    @staticmethod
+    def _pair_ranking(logits: torch.Tensor, batch: dict[str, torch.Tensor], rows: torch.Tensor,
+                      stats: dict[str, float]) -> torch.Tensor:
+        """Each negative row ranked below its partner: the matched row it shares a picture or a text with.
+
+        A negative row that shows a matched row's picture with a stranger's text asks which of
+        the two texts belongs to the picture - the image->text question random-100 asks, which
+        the binary head answers only indirectly (both texts may be consistent with the
+        picture, the stranger's leaving out what the picture shows, and still the own one is
+        the likelier). One that shows a matched row's text with a stranger's picture asks the
+        text->image question. Softmax over the two match log-odds, ``softplus(s_neg - s_own)``;
+        no extra joint rows, so a step costs the same. The collator names the partners
+        (``tia_partner``, -1 for none); only pairs whose rows are both TIA's count, and the
+        term is zero when the batch holds none.
+        """
+        idx = torch.nonzero(rows).squeeze(1)
+        labels = batch["tia_labels"][idx]
+        score = logits[:, 1] - logits[:, 0]
+        position = torch.full_like(rows, -1, dtype=torch.long)
+        position[idx] = torch.arange(len(idx), device=idx.device)
+        partner = batch["tia_partner"][idx]
+        source = torch.where(partner >= 0, position[partner.clamp(min=0)], -1)
+        paired = (labels == 0) & (source >= 0)
+        paired[paired.clone()] &= labels[source[paired]] == 1
+        if not paired.any():
+            return score.sum() * 0.0
+        own, stranger = score[source[paired]], score[paired]
+        stats["tia_pair_rank_acc"] = float((own > stranger).float().mean())
+        return F.softplus(stranger - own).mean()
 
     def _single_side(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Text-alone and image-alone ITC encodings of the batch's rows (unit vectors)."""
