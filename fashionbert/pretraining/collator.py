@@ -2,7 +2,7 @@
 
 Every row of the batch draws a text (a title in segment T, or a known query in
 segment Q) and an image view (the main one by preference); those feed ITC's single-side passes. The joint
-pass (MLM, MPM, TIA) is laid out in one of two ways:
+pass (MLM, MPM, TIA) is laid out in one of three ways:
 
 * ``pairs`` (``tia_grid=0``, FashionBERT's): one joint row per record; a
   fraction of rows swap in another same-sub-category record's image (TIA label
@@ -21,6 +21,10 @@ pass (MLM, MPM, TIA) is laid out in one of two ways:
   mask and an image one set of zeroed patches across its row or column, so the
   candidates of a ranking differ only by what is ranked. The joint pass keeps
   the batch's size (as many G x G groups as fit), so a step costs the same.
+
+* ``partnered`` (``tia_partnered=True``): pairs as above, but every negative row
+  shares a side with a matched row (its ``tia_partner``): the partner's picture with its
+  own text, or the partner's text with its own picture, so the task can rank the two.
 
 With ``view_contrast_share`` > 0 a share of the rows also get another photo of
 their listing (``view_rows``, ``view_features``) for the task's view-to-view

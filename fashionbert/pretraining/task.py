@@ -15,6 +15,8 @@ them (fixed or adaptive weights) is the caller's business.
   - see :mod:`fashionbert.pretraining.collator`. With the collator's grid
   layout it also ranks: softmax over each text's G candidate images and each
   image's G candidate texts (the match log-odds as the score).
+  With ``tia_pair_ranking`` each pair-layout negative is also ranked below the matched
+  row it shares a picture or a text with (``_pair_ranking``).
   With ``tia_negatives="itc-hard"`` (ALBEF's hard-negative mining) each negative
   row's image is re-drawn from the batch with probability softmax(ITC similarity)
   to its text - the images the dual encoder finds most confusable - so the cross
