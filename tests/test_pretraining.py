@@ -588,6 +588,18 @@ def test_pretrain_with_view_contrast_logs_its_loss_and_needs_itc(data, tmp_path)
                  echo=lambda s: None, progress=False)
 
 
+@pytest.mark.parametrize("settings, message", [
+    ({"tia_pair_ranking": "texts"}, "must be one of"),
+    ({"tia_pair_ranking": "image", "tia_grid": 2}, "tia-grid"),
+    ({"tia_pair_ranking": "both", "clean_fraction": 0.5}, "clean_fraction"),
+    ({"tia_pair_ranking": "image", "tia_negatives": "itc-hard"}, "itc-hard"),
+], ids=["unknown", "grid", "clean-rows", "itc-hard"])
+def test_pair_ranking_refuses_what_it_cannot_pair(data, tmp_path, settings, message):
+    with pytest.raises(ValueError, match=message):
+        pretrain(_cfg(data, tmp_path / "bad", **settings), echo=lambda s: None, progress=False)
+    assert not (tmp_path / "bad" / "model.safetensors").exists()
+
+
 def test_the_view_contrast_default_follows_the_itc_task(data, tmp_path):
     assert _cfg(data, tmp_path).resolved().view_contrast_share == 0.25
     assert _cfg(data, tmp_path, tasks=("mlm", "mpm", "tia")).resolved().view_contrast_share == 0.0
