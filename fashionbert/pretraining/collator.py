@@ -235,6 +235,27 @@ class PretrainCollator:
             "tia_labels": torch.from_numpy(tia),
         }
 
+    def _negative_source(self, records: list[PretrainRecord], i: int, candidates: Sequence[int],
+                         rng: np.random.Generator) -> tuple[int | None, bool]:
+        """The batch row whose picture (or text) row ``i``'s negative borrows, and whether it is another sub-category's.
+
+        A same-sub-category row (FashionBERT's), except for ``tia_other_sub_share`` of the
+        draws, which take another sub-category's where the batch has one; never the same
+        product or an attribute twin. None when no candidate is left.
+        """
+        distinct = [j for j in candidates if records[j].key != records[i].key and not self._twins(records[i], records[j])]
+        same_sub = [j for j in distinct if records[j].sub_category == records[i].sub_category]
+        outside_drawn = False
+        # Drawn only when the option is on, so a share of 0 leaves every other draw as it was.
+        if self.tia_other_sub_share > 0 and rng.random() < self.tia_other_sub_share:
+            outside = [j for j in distinct if records[j].sub_category != records[i].sub_category]
+            others, outside_drawn = outside or same_sub, bool(outside)
+        else:
+            others = same_sub or distinct
+        if not others:
+            return None, False
+        return int(others[int(rng.integers(len(others)))]), outside_drawn
+
     def _pair_rows(self, records: list[PretrainRecord], encoded, segments: list[int], feats: np.ndarray,
                    rng: np.random.Generator) -> dict[str, torch.Tensor]:
         """One joint row per record; a share of them with another record's image (TIA label 0).
@@ -253,16 +274,9 @@ class PretrainCollator:
         tia = np.ones(n, dtype=np.int64)
         other_sub = np.zeros(n, dtype=bool)
         for i in np.flatnonzero(rng.random(n) < self.tia_negative_fraction):
-            distinct = [j for j in range(n) if records[j].key != records[i].key and not self._twins(records[i], records[j])]
-            same_sub = [j for j in distinct if records[j].sub_category == records[i].sub_category]
-            # Drawn only when the option is on, so a share of 0 leaves every other draw as it was.
-            if self.tia_other_sub_share > 0 and rng.random() < self.tia_other_sub_share:
-                outside = [j for j in distinct if records[j].sub_category != records[i].sub_category]
-                others, other_sub[i] = outside or same_sub, bool(outside)
-            else:
-                others = same_sub or distinct
-            if others:
-                image_rows[i] = others[int(rng.integers(len(others)))]
+            source, other_sub[i] = self._negative_source(records, i, range(n), rng)
+            if source is not None:
+                image_rows[i] = source
                 tia[i] = 0
 
         # Clean rows are drawn independently of the TIA label: TIA on corrupted rows learns from texts
@@ -309,16 +323,9 @@ class PretrainCollator:
         text_of, image_of, partner = np.arange(n), np.arange(n), np.full(n, -1)
         other_sub = np.zeros(n, dtype=bool)
         for i in np.flatnonzero(negative):
-            distinct = [int(j) for j in matched
-                        if records[j].key != records[i].key and not self._twins(records[i], records[j])]
-            same_sub = [j for j in distinct if records[j].sub_category == records[i].sub_category]
-            if self.tia_other_sub_share > 0 and rng.random() < self.tia_other_sub_share:
-                outside = [j for j in distinct if records[j].sub_category != records[i].sub_category]
-                others, other_sub[i] = outside or same_sub, bool(outside)
-            else:
-                others = same_sub or distinct
-            if others:
-                partner[i] = others[int(rng.integers(len(others)))]
+            source, other_sub[i] = self._negative_source(records, i, matched.tolist(), rng)
+            if source is not None:
+                partner[i] = source
                 if rng.random() < 0.5:
                     image_of[i] = partner[i]
                 else:
