@@ -162,8 +162,7 @@ class PretrainingTask(nn.Module):
         position[idx] = torch.arange(len(idx), device=idx.device)
         partner = batch["tia_partner"][idx]
         source = torch.where(partner >= 0, position[partner.clamp(min=0)], -1)
-        paired = (labels == 0) & (source >= 0)
-        paired[paired.clone()] &= labels[source[paired]] == 1
+        paired = (labels == 0) & (source >= 0) & (labels[source.clamp(min=0)] == 1)
         if not paired.any():
             return score.sum() * 0.0
         own, stranger = score[source[paired]], score[paired]
