@@ -32,6 +32,7 @@ def main() -> None:
     ap.add_argument("--loss-weighting", default="adaptive-grad")
     ap.add_argument("--weighting-every", type=int, default=10, help="adaptive-grad: re-solve the weights every N steps")
     ap.add_argument("--dropout", type=float, default=None, help="override the named config's dropout (hidden and attention)")
+    ap.add_argument("--precision", default="auto", help="auto | fp32 | bf16 (pipelines.pretrain.PretrainConfig.precision)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/fashionbert-bench-train"))
     args = ap.parse_args()
@@ -48,6 +49,7 @@ def main() -> None:
     cfg = PretrainConfig(
         catalog=data / "catalog.parquet", features=data / "features", out=out, model_config=args.config,
         steps=args.steps, batch_size=args.batch_size, warmup_steps=1, device=args.device,
+        precision=args.precision,
         loss_weighting=args.loss_weighting, weighting_every=args.weighting_every, save_every=10**9,
         model_overrides={} if args.dropout is None else {"hidden_dropout_prob": args.dropout,
                                                          "attention_probs_dropout_prob": args.dropout},
@@ -55,7 +57,7 @@ def main() -> None:
     result = pretrain(cfg, echo=lambda s: None, progress=False)
     peak = (f"peak CUDA memory {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB" if args.device.startswith("cuda")
             else f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB")
-    print(f"bench/train.py: {args.config} on {args.device}, batch {args.batch_size}, {args.loss_weighting}"
+    print(f"bench/train.py: {args.config} on {args.device} ({result.precision}), batch {args.batch_size}, {args.loss_weighting}"
           f"{f' every {args.weighting_every}' if args.loss_weighting == 'adaptive-grad' else ''}"
           f"{'' if args.dropout is None else f', dropout {args.dropout}'}: "
           f"{result.samples_per_second:.1f} samples/s over {result.steps_done} steps, {peak}")

@@ -25,6 +25,7 @@ from transformers import BertModel, PreTrainedTokenizerFast
 
 from fashionbert.configuration import SEGMENTS, FashionBertConfig
 from fashionbert.modeling import FashionBertModel
+from fashionbert.precision import autocast, autocast_dtype, precision_name
 from fashionbert.reranking import match_probability
 from fashionbert.text import load_tokenizer
 
@@ -41,15 +42,25 @@ def _as_tensor(features: np.ndarray | torch.Tensor, device: torch.device) -> tor
 class FashionBert:
     """A FashionBERT model ready for inference (and the object training saves)."""
 
-    def __init__(self, model: FashionBertModel, tokenizer: PreTrainedTokenizerFast, device: str | torch.device = "cpu"):
+    def __init__(self, model: FashionBertModel, tokenizer: PreTrainedTokenizerFast, device: str | torch.device = "cpu",
+                 precision: str = "fp32"):
+        """``precision``: the trunk's matmuls in fp32 (the default: the figures of docs/results.md), or ``auto``/``bf16``
+        (:mod:`fashionbert.precision`); the heads, the vectors and the scores stay float32 either way."""
         self.model = model
         self.tokenizer = tokenizer
         self.device = torch.device(device)
         self.model.to(self.device)
+        self.precision = precision
+        self._amp_dtype = autocast_dtype(precision, self.device)
 
     @property
     def config(self) -> FashionBertConfig:
         return self.model.config
+
+    @property
+    def matmul_precision(self) -> str:
+        """What the trunk's matmuls run in here: ``precision`` resolved on this device (fp32, bf16 or fp16)."""
+        return precision_name(self._amp_dtype)
 
     @property
     def logit_scale(self) -> float:
@@ -68,13 +79,13 @@ class FashionBert:
         return directory
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu") -> FashionBert:
+    def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu", precision: str = "fp32") -> FashionBert:
         directory = Path(directory)
         if not (directory / "config.json").is_file() or not (directory / "model.safetensors").is_file():
             raise CheckpointError(f"{directory} is not a FashionBERT checkpoint (needs config.json and model.safetensors)")
         model = FashionBertModel.from_pretrained(directory, local_files_only=True)
         model.eval()
-        return cls(model, load_tokenizer(directory), device)
+        return cls(model, load_tokenizer(directory), device, precision)
 
     @classmethod
     def from_bert(
@@ -133,7 +144,8 @@ class FashionBert:
     def _batched(self, n: int, batch_size: int, step: Callable[[slice], torch.Tensor]) -> torch.Tensor | None:
         """Run ``step`` over consecutive slices of ``n`` inputs in eval mode; None when there are none."""
         self.model.eval()
-        parts = [step(slice(i, i + batch_size)) for i in range(0, n, batch_size)]
+        with autocast(self.device, self._amp_dtype):
+            parts = [step(slice(i, i + batch_size)) for i in range(0, n, batch_size)]
         return torch.cat(parts).float().cpu() if parts else None
 
     def _vectors(self, result: torch.Tensor | None) -> np.ndarray:

@@ -155,9 +155,10 @@ class FashionBertModel(BertPreTrainedModel):
         pooler keeps the cross-attention's finer evidence.
         """
         pooled = output.pooler_output if rows is None else output.pooler_output[rows]
-        logits = self.tia_head(pooled)
-        if self.tia_match_head is not None:
-            logits = logits + self.tia_match_head(self._segment_agreement(output, rows))
+        with _full_precision(pooled):  # a bf16 logit moves in steps of ~0.03: enough to tie re-ranked candidates
+            logits = self.tia_head(pooled.to(self.tia_head.weight.dtype))
+            if self.tia_match_head is not None:
+                logits = logits + self.tia_match_head(self._segment_agreement(output, rows))
         return logits
 
     def _segment_agreement(self, output: FashionBertOutput, rows: torch.Tensor | None) -> torch.Tensor:
@@ -176,11 +177,27 @@ class FashionBertModel(BertPreTrainedModel):
         return self._itc_vector(output.last_hidden_state, output.attention_mask)
 
     def _itc_vector(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Masked mean of ``hidden`` over its positions -> ITC projection -> unit float32 vector."""
-        weights = mask.unsqueeze(-1).to(hidden.dtype)
-        pooled = (hidden * weights).sum(1) / weights.sum(1).clamp_min(1.0)
-        return F.normalize(self.itc_projection(pooled).float(), dim=-1)
+        """Masked mean of ``hidden`` over its positions -> ITC projection -> unit float32 vector.
+
+        In the projection's precision even under bf16 autocast: the mean sums ~100 positions and
+        the vector is what FAISS indexes and the contrastive losses compare at a temperature of up to 100.
+        """
+        with _full_precision(hidden):
+            hidden = hidden.to(self.itc_projection.weight.dtype)
+            weights = mask.unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+            return F.normalize(self.itc_projection(pooled).float(), dim=-1)
 
     def temperature_scale(self) -> torch.Tensor:
         return self.logit_scale.clamp(0, math.log(100)).exp()
 
+
+
+def _full_precision(like: torch.Tensor) -> torch.autocast:
+    """Autocast off on ``like``'s device: the small heads run in their weights' precision.
+
+    Under bf16 autocast (training on a GPU or a bf16-capable CPU, ``fashionbert.precision``)
+    the trunk's matmuls are where the time goes; the heads cost nothing and their outputs -
+    ranking scores and indexed vectors - are where bf16's 8-bit mantissa would show.
+    """
+    return torch.autocast(like.device.type, enabled=False)

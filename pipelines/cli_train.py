@@ -63,6 +63,8 @@ def pretrain(
                                                        "minilm (the default of --model small).")] = None,
     seed: Annotated[int, typer.Option()] = 0,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+    precision: Annotated[str, typer.Option(help="auto (bf16 matmuls where the device has them natively: a GPU, a CPU "
+                                                "with AVX512-BF16 or AMX; else fp32) | fp32 | bf16.")] = "auto",
     save_every: Annotated[int, typer.Option(min=1, help="Steps between resumable training-state saves.")] = 200,
 ) -> None:
     """Pretrain FashionBERT (MLM + MPM + TIA + ITC with adaptive loss weights); resumes after a kill.
@@ -88,7 +90,7 @@ def pretrain(
         clean_fraction=clean_fraction, tia_clean_only=tia_clean_only, tia_negatives=tia_negatives, tia_hard_share=tia_hard_share,
         tia_pair_ranking=tia_pair_ranking, attribute_twins=attribute_twins, group_size=group_size, tia_grid=tia_grid, main_view_share=main_view_share,
         view_contrast_share=view_contrast_share,
-        seed=seed, device=device, save_every=save_every,
+        seed=seed, device=device, precision=precision, save_every=save_every,
     )
     if tia_other_sub_share is not None:  # None: the job's default (pipelines.pretrain.PretrainConfig)
         cfg = replace(cfg, tia_other_sub_share=tia_other_sub_share)
@@ -195,6 +197,8 @@ def evaluate(
                                                                 "to rank the same groups with (e.g. 0.5,1,2,4; the cross "
                                                                 "encoder is scored once), to choose the search's weight.")] = None,
     seed: Annotated[int, typer.Option()] = 0,
+    precision: Annotated[str, typer.Option(help="The trunk's matmuls: fp32 (exact: the recorded figures) | auto | bf16 "
+                                                "(faster where the CPU or GPU has bf16; heads and scores stay fp32).")] = "fp32",
 ) -> None:
     """Evaluate a checkpoint: random-100 (cross encoder) and full-catalog retrieval (dual encoder).
 
@@ -214,6 +218,6 @@ def evaluate(
     presets = tuple(p.strip() for p in product_vectors.split(",") if p.strip()) if product_vectors else ()
     config = EvalConfig(checkpoint, catalog, features, json_out, n_queries=queries, seed=seed, random100=random100,
                         product_vectors=presets, photo_search=photo_search, dual_weight=dual_weight,
-                        dual_weight_sweep=parse_weights(dual_weight_sweep, "--dual-weight-sweep"))
+                        dual_weight_sweep=parse_weights(dual_weight_sweep, "--dual-weight-sweep"), precision=precision)
     metrics = run_eval(config, echo=typer.echo)
     typer.echo(markdown_table(metrics))

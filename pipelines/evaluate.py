@@ -50,6 +50,7 @@ class EvalConfig:
     product_vectors: tuple[str, ...] = ()  # presets to score as the index serves them (joint, i2t, t2i)
     photo_search: bool = True  # a held-out shopper photo against the image-only vectors (photo_search.*)
     device: str = "cpu"
+    precision: str = "fp32"  # the trunk's matmuls; auto/bf16 (fashionbert.precision) trade exactness for speed
 
 
 def eval_items(catalog: Catalog, features_dir: Path) -> tuple[list[EvalItem], np.ndarray]:
@@ -105,7 +106,7 @@ def _renamed(result: dict, prefix: str, items: list[EvalItem], known: KnownAttri
 
 def evaluate(cfg: EvalConfig, echo: Callable[[str], None] = print) -> dict[str, float]:
     start = time.perf_counter()
-    model = FashionBert.from_pretrained(cfg.checkpoint, device=cfg.device)
+    model = FashionBert.from_pretrained(cfg.checkpoint, device=cfg.device, precision=cfg.precision)
     catalog = read_catalog(cfg.catalog, check_images="none")
     items, feats = eval_items(catalog, cfg.features)
     check_feature_dim(model, feats.shape[-1], f"features {cfg.features}")
@@ -172,7 +173,7 @@ def evaluate(cfg: EvalConfig, echo: Callable[[str], None] = print) -> dict[str, 
     metrics.update(products)
     if cfg.json_out is not None:
         extra = {"checkpoint": str(cfg.checkpoint), "catalog": str(cfg.catalog), "n_items": len(items),
-                 "seconds": round(time.perf_counter() - start, 1)}
+                 "precision": cfg.precision, "seconds": round(time.perf_counter() - start, 1)}
         raw = {k: v for k, v in (("random100", r100), ("full", full)) if v is not None}
         paths = write_report({**raw, **products}, cfg.json_out, extra=extra)
         echo("eval: wrote " + ", ".join(str(p) for p in paths))

@@ -62,6 +62,7 @@ from fashionbert.pretraining import (
 from fashionbert.packaged import DEFAULT_TRUNKS, resolve_trunk
 from fashionbert.text import WholeWordMasker, grow_vocabulary, is_wordpiece, load_tokenizer, train_tokenizer
 from fashionbert.training.loss_weighting import build_loss_weighting, combine
+from fashionbert.precision import autocast, autocast_dtype, precision_name
 from fashionbert.training.schedule import BudgetSchedule
 from indexer.catalog import read_catalog
 from indexer.feature_store import FeatureStore
@@ -121,6 +122,9 @@ class PretrainConfig:
     view_contrast_share: float | None = None
     seed: int = 0
     device: str = "auto"
+    # matmuls in bf16 where the device has it natively (a GPU; a CPU with AVX512-BF16/AMX), else fp32
+    # (fashionbert/precision.py); the record stores what ran; a resume may change it
+    precision: str = "auto"
     save_every: int = 200
     log_every: int = 10
     vocab_size: int = 8000
@@ -142,7 +146,7 @@ class PretrainConfig:
     def fingerprint(self) -> dict:
         """What must match for a resume to be a true continuation."""
         d = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
-        for k in ("max_minutes", "device", "save_every", "log_every", "steps", "stop_at_step"):
+        for k in ("max_minutes", "device", "precision", "save_every", "log_every", "steps", "stop_at_step"):
             d.pop(k)
         if not self.clean_fraction:  # no clean rows: TIA scores every row either way, and a state saved
             d.pop("tia_clean_only")  # before the setting existed still resumes
@@ -161,6 +165,7 @@ class PretrainResult:
     last_losses: dict[str, float]
     last_weights: dict[str, float]
     stopped_by: str
+    precision: str = "fp32"  # what the matmuls ran in (PretrainConfig.precision resolved on the device)
 
 
 @dataclass(frozen=True)
@@ -353,13 +358,6 @@ def _load_state(out: Path) -> dict | None:
     return None
 
 
-def _autocast(device: torch.device):
-    if device.type != "cuda":  # bf16/fp16 matmuls on this CPU are ~400x slower: never autocast on CPU
-        return torch.autocast("cpu", enabled=False)
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.autocast("cuda", dtype=dtype)
-
-
 def _differences(recorded: dict, now: dict) -> str:
     """``key: recorded -> now`` for each setting a resume would change (a default may have moved since)."""
     keys = sorted(k for k in recorded.keys() | now.keys() if recorded.get(k) != now.get(k))
@@ -383,6 +381,10 @@ def pretrain(cfg: PretrainConfig, echo: Callable[[str], None] = print, progress:
     model, tokenizer = build_model(cfg, tokenizer, store, catalog.texts, echo)
     model = model.to(device)
     model.train()
+    amp_dtype = autocast_dtype(cfg.precision, device)
+    # fp16 (a GPU without bf16) needs its losses scaled so small gradients survive; bf16 and fp32 do not
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    echo(f"pretrain: {precision_name(amp_dtype)} matmuls on {device}")
     if cfg.tia_grid and cfg.tia_negatives != "sub-category":
         raise ValueError("--tia-grid draws its negatives from each group's sub-category; drop --tia-negatives")
     if cfg.tia_grid and cfg.attribute_twins:
@@ -464,18 +466,20 @@ def pretrain(cfg: PretrainConfig, echo: Callable[[str], None] = print, progress:
                 global_step = step * cfg.grad_accum + micro
                 batch = collator(sampler.batch(global_step)[ddp.rank :: ddp.world], global_step)
                 batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-                with _autocast(device):
+                with autocast(device, amp_dtype):
                     losses, stats = task(batch)
                 weights = weighting(losses, shared if cfg.loss_weighting == "adaptive-grad" else None)
-                (combine(losses, weights) / cfg.grad_accum).backward()
+                scaler.scale(combine(losses, weights) / cfg.grad_accum).backward()
                 for k, v in losses.items():
                     losses_f[k] = losses_f.get(k, 0.0) + float(v.detach()) / cfg.grad_accum
                 weights_f = {k: float(v) for k, v in weights.items()}
                 samples += len(batch["tia_labels"]) * ddp.world
             if ddp.world > 1:
                 _all_reduce_gradients(params, ddp.world)
+            scaler.unscale_(optimizer)
             grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_norm))
-            optimizer.step()
+            scaler.step(optimizer)
+            scaler.update()
             scheduler.step(elapsed)
             step += 1
             rate = samples / max(1e-9, time.perf_counter() - loop_start)
@@ -491,7 +495,8 @@ def pretrain(cfg: PretrainConfig, echo: Callable[[str], None] = print, progress:
                 _save_state(out, step, model, optimizer, scheduler, weighting, cfg)
                 _write_log(log_path, log_rows)
             if step == cfg.stop_at_step:
-                return PretrainResult(out, step, resumed_from, time.perf_counter() - start, 0.0, losses_f, weights_f, "stop_at_step")
+                return PretrainResult(out, step, resumed_from, time.perf_counter() - start, 0.0, losses_f, weights_f, "stop_at_step",
+                                     precision_name(amp_dtype))
     if ddp.world > 1:  # the all-reduce keeps replicas identical; check it rather than trust it
         checksum = torch.stack([p.detach().double().sum() for p in params]).sum().reshape(1)
         gathered = [torch.zeros_like(checksum) for _ in range(ddp.world)]
@@ -504,7 +509,7 @@ def pretrain(cfg: PretrainConfig, echo: Callable[[str], None] = print, progress:
         _write_log(log_path, log_rows)
         _plot_log(log_rows, out / "train_log.png")
         extra = {"training": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()},
-                 "steps_done": step, "stopped_by": stopped_by, "world_size": ddp.world,
+                 "steps_done": step, "stopped_by": stopped_by, "precision_used": precision_name(amp_dtype), "world_size": ddp.world,
                  "catalog": str(Path(cfg.catalog).resolve()), "features_info": store.info,
                  "training_data": training_data(cfg)}
         FashionBert(model.eval().cpu(), tokenizer).save_pretrained(out, extra=extra)
@@ -513,7 +518,7 @@ def pretrain(cfg: PretrainConfig, echo: Callable[[str], None] = print, progress:
         dist.destroy_process_group()
     seconds = time.perf_counter() - start
     return PretrainResult(out, step, resumed_from, seconds, samples / max(1e-9, time.perf_counter() - loop_start),
-                          losses_f, weights_f, stopped_by)
+                          losses_f, weights_f, stopped_by, precision_name(amp_dtype))
 
 
 def _read_log(path: Path, up_to_step: int) -> list[dict]:

@@ -210,7 +210,7 @@ class PretrainingTask(nn.Module):
             negative = negative[torch.rand(len(negative), generator=generator) < self.tia_hard_share]
         if len(negative) == 0:
             return patches, float("nan")
-        logits = (self.model.temperature_scale() * text @ image.T).float()
+        logits = _scaled_similarity(self.model.temperature_scale(), text, image)
         excluded = self._not_negative(batch)[negative]
         sub = batch["sub_category_ids"]
         other_sub = (sub[None, :] != sub[negative][:, None]).to(excluded.device)
@@ -240,7 +240,7 @@ class PretrainingTask(nn.Module):
         k, n = len(rows), len(image)
         same = batch["itc_same_product"][rows]  # [k, n]: the viewed rows' products against every row
         own = torch.arange(n, device=image.device)[None, :] == rows[:, None]
-        similarity = scale * other @ image.T  # [k, n]; its viewed rows' columns, transposed, are the way back
+        similarity = _scaled_similarity(scale, other, image)  # [k, n]; its viewed rows' columns, transposed, are the way back
         to_rows = similarity.masked_fill(same & ~own, float("-inf"))
         not_self = ~torch.eye(k, dtype=torch.bool, device=image.device)
         back = similarity[:, rows].T.masked_fill(same[:, rows].T & not_self, float("-inf"))
@@ -249,9 +249,19 @@ class PretrainingTask(nn.Module):
 
     def _itc(self, batch: dict[str, torch.Tensor], text: torch.Tensor, image: torch.Tensor) -> tuple[torch.Tensor, float]:
         n = len(text)
-        logits = self.model.temperature_scale() * text @ image.T
+        logits = _scaled_similarity(self.model.temperature_scale(), text, image)
         not_negative = self._not_negative(batch) & ~torch.eye(n, dtype=torch.bool, device=logits.device)
         logits = logits.masked_fill(not_negative, float("-inf"))
         target = torch.arange(n, device=logits.device)
         loss = (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
         return loss, float((logits.argmax(-1) == target).float().mean())
+
+
+def _scaled_similarity(scale: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``scale * a @ b.T`` for unit vectors, in fp32 even under bf16 autocast.
+
+    bf16 keeps 8 bits of mantissa: a cosine near 0.9 would carry ~0.004 of rounding, which a
+    temperature scale of up to 100 turns into ~0.4 of logit noise on the contrastive losses.
+    """
+    with torch.autocast(a.device.type, enabled=False):
+        return scale.float() * (a.float() @ b.float().T)
