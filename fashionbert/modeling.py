@@ -28,6 +28,7 @@ from transformers.models.bert.modeling_bert import BertOnlyMLMHead
 from transformers.utils import ModelOutput
 
 from fashionbert.configuration import SEGMENT_I, FashionBertConfig
+from fashionbert.precision import full_precision
 
 
 @dataclass
@@ -155,7 +156,7 @@ class FashionBertModel(BertPreTrainedModel):
         pooler keeps the cross-attention's finer evidence.
         """
         pooled = output.pooler_output if rows is None else output.pooler_output[rows]
-        with _full_precision(pooled):  # a bf16 logit moves in steps of ~0.03: enough to tie re-ranked candidates
+        with full_precision(pooled):  # a bf16 logit moves in steps of ~0.03: enough to tie re-ranked candidates
             logits = self.tia_head(pooled.to(self.tia_head.weight.dtype))
             if self.tia_match_head is not None:
                 logits = logits + self.tia_match_head(self._segment_agreement(output, rows))
@@ -182,7 +183,7 @@ class FashionBertModel(BertPreTrainedModel):
         In the projection's precision even under bf16 autocast: the mean sums ~100 positions and
         the vector is what FAISS indexes and the contrastive losses compare at a temperature of up to 100.
         """
-        with _full_precision(hidden):
+        with full_precision(hidden):
             hidden = hidden.to(self.itc_projection.weight.dtype)
             weights = mask.unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * weights).sum(1) / weights.sum(1).clamp_min(1.0)
@@ -191,13 +192,3 @@ class FashionBertModel(BertPreTrainedModel):
     def temperature_scale(self) -> torch.Tensor:
         return self.logit_scale.clamp(0, math.log(100)).exp()
 
-
-
-def _full_precision(like: torch.Tensor) -> torch.autocast:
-    """Autocast off on ``like``'s device: the small heads run in their weights' precision.
-
-    Under bf16 autocast (training on a GPU or a bf16-capable CPU, ``fashionbert.precision``)
-    the trunk's matmuls are where the time goes; the heads cost nothing and their outputs -
-    ranking scores and indexed vectors - are where bf16's 8-bit mantissa would show.
-    """
-    return torch.autocast(like.device.type, enabled=False)

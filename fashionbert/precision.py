@@ -52,3 +52,13 @@ def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.Abst
 def precision_name(dtype: torch.dtype | None) -> str:
     """The name the training record stores for what actually ran (``auto`` resolved)."""
     return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
+
+
+def full_precision(like: torch.Tensor) -> torch.autocast:
+    """Autocast off on ``like``'s device, for the few small computations bf16 would blur.
+
+    The trunk's matmuls are where the time goes; the heads and the similarity matrices cost
+    nothing beside them, and their outputs - ranking scores, indexed vectors, contrastive
+    logits - are where bf16's 8-bit mantissa would show.
+    """
+    return torch.autocast(like.device.type, enabled=False)

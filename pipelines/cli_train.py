@@ -13,6 +13,9 @@ from fashionbert.reranking import DEFAULT_DUAL_WEIGHT
 from pipelines.cli_app import MODEL_SIZES, app
 from pipelines.cli_support import command_options
 
+TRAINING_PRECISION_HELP = ("auto (bf16 matmuls where the device has them natively: a GPU, a CPU with AVX512-BF16 or "
+                           "AMX; else fp32) | fp32 | bf16. Weights, vectors and scores stay fp32.")
+
 
 @app.command()
 @command_options(outputs="out", named_configs={name: {"model": name} for name in MODEL_SIZES})
@@ -63,8 +66,7 @@ def pretrain(
                                                        "minilm (the default of --model small).")] = None,
     seed: Annotated[int, typer.Option()] = 0,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
-    precision: Annotated[str, typer.Option(help="auto (bf16 matmuls where the device has them natively: a GPU, a CPU "
-                                                "with AVX512-BF16 or AMX; else fp32) | fp32 | bf16.")] = "auto",
+    precision: Annotated[str, typer.Option(help=TRAINING_PRECISION_HELP)] = "auto",
     save_every: Annotated[int, typer.Option(min=1, help="Steps between resumable training-state saves.")] = 200,
 ) -> None:
     """Pretrain FashionBERT (MLM + MPM + TIA + ITC with adaptive loss weights); resumes after a kill.
@@ -135,6 +137,7 @@ def continue_pretrain(
     query_probability: Annotated[float, typer.Option(min=0.0, max=1.0, help="Share of rows whose text is a query (segment Q) rather than a title.")] = 0.3,
     seed: Annotated[int, typer.Option()] = 0,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+    precision: Annotated[str, typer.Option(help=TRAINING_PRECISION_HELP)] = "auto",
 ) -> None:
     """Continue-pretrain a checkpoint on a new category (+ its click log), replaying old data; report before/after.
 
@@ -156,6 +159,7 @@ def continue_pretrain(
         old_eval_catalog=old_eval_catalog, old_eval_features=old_eval_features, eval_queries=eval_queries,
         report=report, steps=steps, max_minutes=max_minutes, batch_size=batch_size, lr=lr, warmup_steps=warmup_steps,
         loss_weighting=loss_weighting, weighting_every=weighting_every, query_probability=query_probability, seed=seed, device=device,
+        precision=precision,
     )
     result = run_continue(cfg, echo=typer.echo)
     if int(os.environ.get("RANK", "0")) != 0:

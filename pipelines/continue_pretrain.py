@@ -89,6 +89,7 @@ class ContinueConfig:
     query_probability: float = 0.3  # as in pretraining; 0.5 (more Q rows) gained less on the new category (docs/results.md)
     seed: int = 0
     device: str = "auto"
+    precision: str = "auto"  # PretrainConfig.precision: bf16 matmuls where the device has them natively
     save_every: int = 100
     training_overrides: dict = field(default_factory=dict)  # any other PretrainConfig field (tests)
 
@@ -283,7 +284,7 @@ def continue_pretrain(cfg: ContinueConfig, echo: Echo = print, progress: bool = 
         replay_catalogs=replay_catalogs, replay_features=replay_features, replay_fraction=cfg.replay_fraction,
         tasks=tuple(cfg.tasks), loss_weighting=cfg.loss_weighting, weighting_every=cfg.weighting_every, steps=cfg.steps, max_minutes=cfg.max_minutes,
         batch_size=cfg.batch_size, lr=lr, warmup_steps=cfg.warmup_steps, query_probability=cfg.query_probability,
-        seed=cfg.seed, device=cfg.device, save_every=cfg.save_every,
+        seed=cfg.seed, device=cfg.device, precision=cfg.precision, save_every=cfg.save_every,
     ), **cfg.training_overrides)
     training = pretrain(training_cfg, echo=echo, progress=progress)
     if training.stopped_by == "stop_at_step":  # tests: killed mid-run; the report waits for the resumed run

@@ -60,9 +60,9 @@ from fashionbert.pretraining import (
     queries_from_log,
 )
 from fashionbert.packaged import DEFAULT_TRUNKS, resolve_trunk
+from fashionbert.precision import autocast, autocast_dtype, precision_name
 from fashionbert.text import WholeWordMasker, grow_vocabulary, is_wordpiece, load_tokenizer, train_tokenizer
 from fashionbert.training.loss_weighting import build_loss_weighting, combine
-from fashionbert.precision import autocast, autocast_dtype, precision_name
 from fashionbert.training.schedule import BudgetSchedule
 from indexer.catalog import read_catalog
 from indexer.feature_store import FeatureStore
@@ -371,6 +371,7 @@ def pretrain(cfg: PretrainConfig, echo: Callable[[str], None] = print, progress:
     out.mkdir(parents=True, exist_ok=True)
     _seed_all(cfg.seed)
     ddp, device = _dist_setup(cfg.device)
+    amp_dtype = autocast_dtype(cfg.precision, device)  # an unknown precision fails here, before any data is read
     if not ddp.main:
         echo = lambda _msg: None  # noqa: E731 - one voice per job
 
@@ -381,7 +382,6 @@ def pretrain(cfg: PretrainConfig, echo: Callable[[str], None] = print, progress:
     model, tokenizer = build_model(cfg, tokenizer, store, catalog.texts, echo)
     model = model.to(device)
     model.train()
-    amp_dtype = autocast_dtype(cfg.precision, device)
     # fp16 (a GPU without bf16) needs its losses scaled so small gradients survive; bf16 and fp32 do not
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     echo(f"pretrain: {precision_name(amp_dtype)} matmuls on {device}")

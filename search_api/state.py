@@ -68,7 +68,8 @@ class ServingState:
             return current
         pinned = self.settings.checkpoint
         if pinned is not None:
-            engine = current if current is not None and current.checkpoint == Path(pinned).resolve() else Engine.load(pinned, self.settings.device)
+            same = current is not None and current.checkpoint == Path(pinned).resolve()
+            engine = current if same else Engine.load(pinned, self.settings.device, self.settings.rerank_precision)
             if index.checkpoint_sha256 and engine.sha256 != index.checkpoint_sha256:
                 raise Conflict(
                     f"{index.path} was built with checkpoint sha256 {index.checkpoint_sha256[:12]}, but the service is pinned "
@@ -80,7 +81,7 @@ class ServingState:
         if not recorded or not Path(recorded).is_dir():
             raise CheckpointError(f"{index.path} was built with checkpoint {recorded!r}, which is not there any more; "
                                   "pass --checkpoint (FASHIONBERT_CHECKPOINT) with that checkpoint")
-        engine = Engine.load(recorded, self.settings.device)
+        engine = Engine.load(recorded, self.settings.device, self.settings.rerank_precision)
         if index.checkpoint_sha256 and engine.sha256 != index.checkpoint_sha256:
             raise Conflict(f"{recorded} changed since {index.path.name} was built (sha256 differs): rebuild the index")
         return engine

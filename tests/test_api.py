@@ -109,6 +109,25 @@ def test_rerank_orders_by_the_fused_score_and_off_orders_by_retrieval(client, ap
     assert [h["product_id"] for h in tia] != [h["product_id"] for h in off["results"]]
 
 
+def test_the_reranker_can_run_its_matmuls_in_bf16_and_leaves_retrieval_alone(client, api_index, monkeypatch):
+    body = {"query": "blue denim jeans", "k": 10, "rerank_depth": 10}
+    exact = _search(client, **body).json()["results"]
+    monkeypatch.setenv("FASHIONBERT_RERANK_PRECISION", "bf16")  # as a deployment sets it
+    with TestClient(create_app(api_settings(api_index)), raise_server_exceptions=False) as c:
+        fast = _search(c, **body).json()["results"]
+        engine = c.app.state.service.state.snapshot.engine
+        assert (engine.reranker.matmul_precision, engine.model.matmul_precision) == ("bf16", "fp32")
+    by_id = {h["product_id"]: h for h in exact}
+    assert {h["product_id"] for h in fast} == by_id.keys()  # same stage-1 candidates: query encoding stayed fp32
+    for h in fast:
+        assert h["retrieval_score"] == pytest.approx(by_id[h["product_id"]]["retrieval_score"], abs=1e-6)
+        if h["rerank_score"] is not None:
+            assert h["rerank_score"] == pytest.approx(by_id[h["product_id"]]["rerank_score"], abs=0.05)
+    assert any(h["rerank_score"] != by_id[h["product_id"]]["rerank_score"] for h in fast)  # bf16 did run
+    with pytest.raises(ValueError, match="rerank_precision"):
+        api_settings(api_index, rerank_precision="fp16")
+
+
 def test_results_beyond_the_rerank_depth_keep_stage_one_order_below_the_head(client):
     body = _search(client, query="blue denim jeans", k=12, rerank_depth=4).json()["results"]
     head, tail = body[:4], body[4:]

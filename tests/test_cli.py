@@ -94,3 +94,12 @@ def test_parse_bytes():
     assert parse_bytes("4096") == 4096 and parse_bytes(None) is None
     with pytest.raises(ValueError):
         parse_bytes("8 parsecs")
+
+
+def test_an_unknown_training_precision_is_one_line_before_any_work(tmp_path):
+    out = tmp_path / "run"
+    r = runner.invoke(app, ["pretrain", "--catalog", str(tmp_path / "missing.parquet"), "--features", str(tmp_path / "f"),
+                            "--out", str(out), "--precision", "fp16"])
+    # refused on the setting, not on the missing catalog it would have read next
+    assert r.exit_code == 1 and "precision must be one of ('auto', 'fp32', 'bf16'), got 'fp16'" in r.output
+    assert "Traceback" not in r.output and not (out / "model.safetensors").exists()

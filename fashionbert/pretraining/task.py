@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fashionbert.modeling import FashionBertModel
+from fashionbert.precision import full_precision
 from fashionbert.text import IGNORE_INDEX
 
 TASKS = ("mlm", "mpm", "tia", "itc")
@@ -263,5 +264,5 @@ def _scaled_similarity(scale: torch.Tensor, a: torch.Tensor, b: torch.Tensor) ->
     bf16 keeps 8 bits of mantissa: a cosine near 0.9 would carry ~0.004 of rounding, which a
     temperature scale of up to 100 turns into ~0.4 of logit noise on the contrastive losses.
     """
-    with torch.autocast(a.device.type, enabled=False):
+    with full_precision(a):
         return scale.float() * (a.float() @ b.float().T)
