@@ -15,12 +15,21 @@ from fashionbert.text import train_tokenizer
 from fashionbert.vision import BACKBONES, DEFAULT_IMAGE_ENCODER
 from indexer.catalog import read_catalog
 from indexer.embeddings import EmbedConfig
-from indexer.features import FeatureJobConfig
+from indexer.features import FeatureJobConfig, extract_catalog_features
 from indexer.job import IndexJobConfig
 from indexer.version_index import AnnConfig
 
 TINY = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128, itc_dim=32)
 FAST_FEATURES = FeatureJobConfig(batch_size=8, shard_size=16, num_workers=0)
+
+
+def catalog_with_features(root: Path, n: int, seed: int) -> dict[str, Path]:
+    """A synthetic catalog of ``n`` products and its patch features (one image each): a training job's inputs."""
+    result = generate_catalog(root / "train", n, seed=seed, workers=1, progress=False)
+    catalog = read_catalog(result.catalog_path, require_image=True)
+    extract_catalog_features(catalog, root / "features", FeatureJobConfig(num_workers=0, max_images_per_product=1),
+                             progress=False)
+    return {"catalog": result.catalog_path, "features": root / "features", "root": root}
 
 
 def make_synthetic(root: Path, n: int = 24, seed: int = 3) -> Path:

@@ -185,16 +185,9 @@ def test_config_values_that_are_neither_job_files_nor_named_configs(tmp_path):
 @pytest.fixture(scope="module")
 def pretrain_data(tmp_path_factory):
     """A 16-product synthetic catalog and its patch features (one image per product)."""
-    from fashionbert.synthetic import generate_catalog
-    from indexer.catalog import read_catalog
-    from indexer.features import FeatureJobConfig, extract_catalog_features
+    from tests.indexer_fixtures import catalog_with_features
 
-    root = tmp_path_factory.mktemp("cli-pretrain")
-    result = generate_catalog(root / "train", 16, seed=5, workers=1, progress=False)
-    catalog = read_catalog(result.catalog_path, require_image=True)
-    extract_catalog_features(catalog, root / "features", FeatureJobConfig(num_workers=0, max_images_per_product=1),
-                             progress=False)
-    return {"catalog": result.catalog_path, "features": root / "features", "root": root}
+    return catalog_with_features(tmp_path_factory.mktemp("cli-pretrain"), 16, seed=5)
 
 
 def test_pretrain_config_is_a_model_size_or_a_job_file(pretrain_data, tmp_path):

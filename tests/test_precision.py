@@ -9,17 +9,15 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from fashionbert.pretraining.task import _scaled_similarity
-from fashionbert.synthetic import generate_catalog
-from fashionbert.text import train_tokenizer
 from fashionbert import precision
 from fashionbert.configuration import named_config
 from fashionbert.encoder import FashionBert
 from fashionbert.modeling import FashionBertModel
 from fashionbert.precision import PRECISIONS, autocast, autocast_dtype, precision_name
-from indexer.catalog import read_catalog
-from indexer.features import FeatureJobConfig, extract_catalog_features
+from fashionbert.pretraining.task import _scaled_similarity
+from fashionbert.text import train_tokenizer
 from pipelines.pretrain import PretrainConfig, pretrain
+from tests.indexer_fixtures import catalog_with_features
 
 TINY = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128, itc_dim=32)
 CPU = torch.device("cpu")
@@ -27,12 +25,7 @@ CPU = torch.device("cpu")
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("precision")
-    result = generate_catalog(root / "train", 24, seed=7, workers=1, progress=False)
-    catalog = read_catalog(result.catalog_path, require_image=True)
-    extract_catalog_features(catalog, root / "features", FeatureJobConfig(num_workers=0, max_images_per_product=1),
-                             progress=False)
-    return {"catalog": result.catalog_path, "features": root / "features"}
+    return catalog_with_features(tmp_path_factory.mktemp("precision"), 24, seed=7)
 
 
 def _cfg(data, out, **kw) -> PretrainConfig:
