@@ -4,7 +4,8 @@ Low precision pays only where the hardware has it: on a GPU (bf16 where supporte
 and on a CPU with AVX512-BF16 or AMX, where oneDNN's bf16 matmuls run ~2.6x faster than fp32
 (405 against 156 GFLOP/s on the 2-core Zen 4 of docs/results.md, stop 37). On a CPU without
 them torch emulates bf16 and a matmul is *slower* than in fp32, so ``auto`` keeps fp32 there.
-Autocast leaves the weights, the optimizer and the reductions (softmax, the losses) in fp32.
+Autocast casts copies, so the weights and the optimizer stay fp32; the task casts its logits to
+fp32 before every loss, and :func:`full_precision` keeps the heads and similarity matrices fp32.
 """
 
 from __future__ import annotations
@@ -17,8 +18,12 @@ PRECISIONS = ("auto", "fp32", "bf16")
 
 
 def cpu_has_native_bf16() -> bool:
-    """True where this CPU multiplies bf16 in hardware (AVX512-BF16 or AMX), not in emulation."""
-    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    """True where this CPU multiplies bf16 in hardware (AVX512-BF16 or AMX), not in emulation.
+
+    torch's probes are private (``torch.cpu._is_*``): a torch without them answers False, the safe side.
+    """
+    probes = (getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+    return any(bool(probe()) for probe in probes if probe is not None)
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
